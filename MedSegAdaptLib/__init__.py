@@ -1,0 +1,6 @@
+"""MedSegAdapt backend: report-guided volumetric segmentation that adapts to the local scanner.
+
+Free of any Slicer, Qt, VTK or CTK import: the Slicer module is a thin GUI over this library.
+"""
+
+__version__ = "0.1.0"

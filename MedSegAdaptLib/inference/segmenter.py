@@ -1,0 +1,84 @@
+"""One entry point for volumetric segmentation: preprocessing, cached encoding, propagation."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io.volume import Volume
+from ..models.backbone import SamBackbone
+from .embedding_cache import EmbeddingCache, volume_key
+from .encoder import ProgressCallback, SliceEncoder
+from .preprocess import IntensityPreset, clip_intensities, detect_modality, preset_for
+from .prompts import Box3D, Point3D
+from .volumetric import PropagationOptions, PropagationResult, VolumePropagator
+
+
+@dataclass
+class SegmentationOutcome:
+    """mask: (I, J, K) bool in the volume's geometry, plus how it was obtained."""
+
+    mask: np.ndarray
+    modality: str
+    modality_reason: str
+    preset: IntensityPreset
+    propagation: PropagationResult
+    seconds: float
+    slices_encoded: int
+
+
+class Segmenter:
+    """Segments structures of volumes with a backbone, reusing slice embeddings across prompts.
+
+    A second prompt on the same volume, axis and intensity preset runs only the mask decoder.
+    """
+
+    def __init__(self, backbone: SamBackbone, cache: EmbeddingCache | None = None, axis: int = 2,
+                 batch_size: int | None = None, precision: str = "fp32",
+                 options: PropagationOptions = PropagationOptions()) -> None:
+        self.backbone = backbone
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.axis = axis
+        self.batch_size = batch_size
+        self.precision = precision
+        self.options = options
+        self._encoders: dict[str, SliceEncoder] = {}
+        self._checksums: dict[int, tuple[Volume, str]] = {}
+
+    def _checksum(self, volume: Volume) -> str:
+        known = self._checksums.get(id(volume))
+        if known is None or known[0] is not volume:
+            known = (volume, volume.checksum())
+            self._checksums[id(volume)] = known
+        return known[1]
+
+    def encoder_for(self, volume: Volume, preset: IntensityPreset) -> SliceEncoder:
+        """The (memoised) slice encoder of `volume` under `preset`."""
+        key = volume_key(self._checksum(volume), self.backbone.spec.weights_sha256, preset.key, self.axis)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = SliceEncoder(self.backbone, self.cache, clip_intensities(volume.array, preset), key, self.axis,
+                                   self.batch_size, self.precision)
+            self._encoders[key] = encoder
+        return encoder
+
+    def segment(self, volume: Volume, structure: str, box: Box3D | None = None,
+                points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
+                progress: ProgressCallback | None = None) -> SegmentationOutcome:
+        """Segment `structure` in `volume` from a 3D box and/or points (IJK).
+
+        modality: 'auto' (from the file's Modality tag, else intensities), 'ct' or 'mr'; with the
+        structure name it picks the intensity preset.
+        """
+        started = time.perf_counter()
+        if modality == "auto":
+            modality, reason = detect_modality(volume.array, volume.modality_hint)
+        else:
+            reason = "given by the user"
+        preset = preset_for(structure, modality)
+        encoder = self.encoder_for(volume, preset)
+        encoded_before = encoder.encoded_count
+        propagation = VolumePropagator(encoder, self.options).run(box, points, progress)
+        return SegmentationOutcome(propagation.mask, modality, reason, preset, propagation,
+                                   time.perf_counter() - started, encoder.encoded_count - encoded_before)

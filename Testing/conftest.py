@@ -1,0 +1,47 @@
+"""Shared pytest options and fixtures."""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--skip-slow",
+        action="store_true",
+        default=False,
+        help="skip tests marked slow (real LiteMedSAM weights on real data); CI runs them",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--skip-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test skipped with --skip-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ctchest4():
+    """The real chest CT shipped in slicerio and its real Slicer segmentation."""
+    from MedSegAdaptLib.io import read_segmentation, read_volume
+    from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
+
+    return read_volume(ctchest4_volume_path()), read_segmentation(ctchest4_segmentation_path())
+
+
+@pytest.fixture(scope="session")
+def litemedsam():
+    """The packaged LiteMedSAM weights, encoder optimised for inference, on CPU."""
+    from MedSegAdaptLib.models import load_backbone
+
+    return load_backbone(for_inference=True)
+
+
+@pytest.fixture(scope="session")
+def segmenter(litemedsam):
+    """One Segmenter for the session, so slice embeddings are encoded once."""
+    from MedSegAdaptLib.inference import Segmenter
+
+    return Segmenter(litemedsam)
