@@ -20,12 +20,15 @@ class BackboneSpec:
     imagenet_normalization: SAM's own pixel mean/std on a 0-255 image; MedSAM and LiteMedSAM take
         the [0, 1] image as it is.
     weights_sha256: SHA-256 of the weight file; checkpoints of fine-tuned models record it.
+    point_prompts: whether the decoder was trained with point prompts (LiteMedSAM was trained with
+        boxes only: a point alone gives it an empty mask).
     """
 
     name: str
     image_size: int
     imagenet_normalization: bool
     weights_sha256: str
+    point_prompts: bool = True
 
 
 _PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1) / 255.0

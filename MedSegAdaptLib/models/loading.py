@@ -131,7 +131,8 @@ def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
 
     if backbone == "litemedsam":
         image_encoder, prompt_encoder, mask_decoder = _litemedsam_modules()
-        spec = BackboneSpec("litemedsam", 256, imagenet_normalization=False, weights_sha256=sha256)
+        spec = BackboneSpec("litemedsam", 256, imagenet_normalization=False, weights_sha256=sha256,
+                            point_prompts=False)
     else:
         sam = sam_model_registry["vit_b"](checkpoint=None)
         image_encoder, prompt_encoder, mask_decoder = sam.image_encoder, sam.prompt_encoder, sam.mask_decoder
