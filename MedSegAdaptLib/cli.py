@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .store.cli import add_store_parser
 
 AXES = {"i": 0, "j": 1, "k": 2}
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_demo_parser(subparsers)
+    add_store_parser(subparsers)
     return parser
 
 
