@@ -20,6 +20,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="encoder precision; bf16 autocast is faster on GPUs (default: %(default)s)")
+    parser.add_argument("--encoder-runtime", default="auto", choices=("auto", "torch", "onnx"),
+                        help="run the image encoder in PyTorch or ONNX Runtime (CPU only, 1.7x faster); "
+                             "auto: ONNX Runtime on CPU (default: %(default)s)")
 
 
 def _add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -81,7 +84,8 @@ def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | No
     from .models import load_backbone
 
     device = resolve_device(args.device)
-    backbone = load_backbone(args.backbone, args.checkpoint, device, for_inference=True)
+    backbone = load_backbone(args.backbone, args.checkpoint, device, for_inference=True,
+                             encoder_runtime=args.encoder_runtime)
     return Segmenter(backbone, EmbeddingCache(cache_dir), axis=axis, precision=args.precision)
 
 

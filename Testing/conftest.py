@@ -22,6 +22,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Exported ONNX encoders go to a per-session folder, not the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("medsegadapt-cache")
+    previous = os.environ.get("MEDSEGADAPT_CACHE")
+    os.environ["MEDSEGADAPT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MEDSEGADAPT_CACHE")
+    else:
+        os.environ["MEDSEGADAPT_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def ctchest4():
     """The real chest CT shipped in slicerio and its real Slicer segmentation."""

@@ -127,7 +127,7 @@ class VolumePropagator:
         points_on = {k: [p for p in points if p.ijk[axis] == k] for k in {p.ijk[axis] for p in points}}
 
         result = PropagationResult(np.zeros(self.shape, dtype=bool), start)
-        self.encoder.ensure(range(lo, hi + 1) if box is not None else [start], progress)
+        self.encoder.ensure([start], progress)
         mask, iou = self.predict_slice(start, first_rect, points_on.get(start, []))
         result.slice_iou[start] = iou
         if mask.sum() < opts.min_area:

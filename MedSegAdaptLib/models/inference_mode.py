@@ -3,6 +3,7 @@
 Conv + BatchNorm pairs are folded into one convolution (torch's fuse_conv_bn_eval) and the
 encoder is put in channels-last memory format, which oneDNN convolutions prefer on CPU.
 Measured on CTChest4 slices (2-core CPU): 1.0 s -> 0.6 s per slice, same embeddings to 1e-5.
+On CPU the encoder can further run through ONNX Runtime (0.37 s per slice, see onnx_encoder).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .backbone import SamBackbone
+from .onnx_encoder import OnnxImageEncoder, export_encoder
 
 
 def _fuse_conv_bn(module: nn.Module) -> None:
@@ -22,10 +24,25 @@ def _fuse_conv_bn(module: nn.Module) -> None:
             _fuse_conv_bn(child)
 
 
+ENCODER_RUNTIMES = ("auto", "torch", "onnx")
+
+
 @torch.no_grad()
-def optimize_encoder_for_inference(backbone: SamBackbone) -> SamBackbone:
-    """Fold BatchNorm into convolutions and switch the encoder to channels-last, in place."""
+def optimize_encoder_for_inference(backbone: SamBackbone, runtime: str = "auto") -> SamBackbone:
+    """Fold BatchNorm into convolutions and switch the encoder to channels-last, in place.
+
+    runtime: 'onnx' runs the encoder through ONNX Runtime (CPU only); 'auto' does so on CPU.
+    """
+    if runtime not in ENCODER_RUNTIMES:
+        raise ValueError(f"encoder runtime {runtime!r} not in {ENCODER_RUNTIMES}")
     backbone.eval()
     _fuse_conv_bn(backbone.image_encoder)
-    backbone.image_encoder.to(memory_format=torch.channels_last)
+    on_cpu = backbone.device.type == "cpu"
+    if runtime == "onnx" or (runtime == "auto" and on_cpu):
+        if not on_cpu:
+            raise ValueError("the ONNX encoder runs on CPU only")
+        path = export_encoder(backbone.image_encoder, backbone.spec.image_size, backbone.spec.weights_sha256)
+        backbone.image_encoder = OnnxImageEncoder(path)
+    else:
+        backbone.image_encoder.to(memory_format=torch.channels_last)
     return backbone

@@ -103,13 +103,14 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
 
 
 def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
-                  device: str | torch.device = "cpu", for_inference: bool = False) -> SamBackbone:
+                  device: str | torch.device = "cpu", for_inference: bool = False,
+                  encoder_runtime: str = "auto") -> SamBackbone:
     """A ready-to-run backbone in eval mode on `device`.
 
     backbone: 'auto' (LiteMedSAM without a checkpoint; detected from the checkpoint's keys
     otherwise), or one of BACKBONES. checkpoint: a weight file; None means the packaged LiteMedSAM.
-    for_inference: fold BatchNorm into the encoder's convolutions (the encoder can then not be
-    trained).
+    for_inference: fold BatchNorm into the encoder's convolutions and, with encoder_runtime 'auto'
+    on CPU or 'onnx', run it through ONNX Runtime (the encoder can then not be trained).
     """
     if backbone != "auto" and backbone not in BACKBONES:
         raise InputError(f"unknown backbone {backbone!r}; expected auto or one of {', '.join(BACKBONES)}")
@@ -140,4 +141,4 @@ def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
     model = SamBackbone(spec, image_encoder, prompt_encoder, mask_decoder)
     _load_strict(model, state, path, backbone)
     model = model.to(device).eval()
-    return optimize_encoder_for_inference(model) if for_inference else model
+    return optimize_encoder_for_inference(model, encoder_runtime) if for_inference else model
