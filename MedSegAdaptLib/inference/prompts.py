@@ -31,6 +31,14 @@ def put_slice(volume: np.ndarray, axis: int, index: int, image: np.ndarray) -> N
     np.moveaxis(volume, axis, 0)[index] = image.T
 
 
+def _comma_integers(text: str) -> list[int]:
+    """Integers from 'a,b,c,...' (decimals rounded); an empty list when any part is not a number."""
+    try:
+        return [int(round(float(v))) for v in text.split(",")]
+    except ValueError:
+        return []
+
+
 @dataclass(frozen=True)
 class Box3D:
     """Inclusive voxel box: lo = (i0, j0, k0), hi = (i1, j1, k1)."""
@@ -41,10 +49,7 @@ class Box3D:
     @classmethod
     def parse(cls, text: str) -> "Box3D":
         """From 'i0,j0,k0,i1,j1,k1'."""
-        try:
-            values = [int(round(float(v))) for v in text.split(",")]
-        except ValueError:
-            values = []
+        values = _comma_integers(text)
         if len(values) != 6:
             raise InputError(f"box {text!r} is not six comma-separated voxel indices i0,j0,k0,i1,j1,k1")
         return cls(tuple(values[:3]), tuple(values[3:]))
@@ -91,10 +96,7 @@ class Point3D:
     @classmethod
     def parse(cls, text: str) -> "Point3D":
         """From 'i,j,k' or 'i,j,k,label'."""
-        try:
-            values = [int(round(float(v))) for v in text.split(",")]
-        except ValueError:
-            values = []
+        values = _comma_integers(text)
         if len(values) not in (3, 4) or (len(values) == 4 and values[3] not in (0, 1)):
             raise InputError(f"point {text!r} is not i,j,k or i,j,k,label with label 0 (background) or 1")
         return cls(tuple(values[:3]), values[3] if len(values) == 4 else 1)

