@@ -119,3 +119,13 @@ def test_embedding_cache_memory_and_disk(tmp_path):
     assert again.dtype == torch.float16
     assert torch.allclose(again.float(), embedding, atol=1e-2)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_start_slice_is_the_box_middle_or_the_slice_with_most_foreground_points():
+    from MedSegAdaptLib.inference.volumetric import _start_slice
+
+    assert _start_slice(2, Box3D((0, 0, 4), (9, 9, 11)), []) == 7
+    points = [Point3D((1, 1, 10)), Point3D((2, 2, 20)), Point3D((3, 3, 20)), Point3D((4, 4, 15), 0)]
+    assert _start_slice(2, None, points) == 20
+    with pytest.raises(InputError, match="at least one foreground point"):
+        _start_slice(2, None, [Point3D((1, 1, 1), 0)])

@@ -10,6 +10,7 @@ box become a start box around the region of similar intensity connected to them 
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,13 +56,18 @@ class PropagationResult:
 
 
 def _start_slice(axis: int, box: Box3D | None, points: list[Point3D]) -> int:
+    """The middle slice of the box, else the slice holding most foreground points."""
     if box is not None:
         lo, hi = box.slice_range(axis)
         return (lo + hi) // 2
-    foreground = [p.ijk[axis] for p in points if p.label == 1]
+    foreground = Counter(p.ijk[axis] for p in points if p.label == 1)
     if not foreground:
         raise InputError("points without a box need at least one foreground point (label 1)")
-    return int(np.median(foreground))
+    return foreground.most_common(1)[0][0]
+
+
+def _grow_rect(rect: np.ndarray, margin: int) -> np.ndarray:
+    return rect + np.array([-1, -1, 1, 1], np.float32) * margin
 
 
 def _clip_rect(rect: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -103,7 +109,7 @@ class VolumePropagator:
         for seed in seeds:
             x, y = seed.xy(self.axis)
             region |= flood(image, (y, x), tolerance=tolerance)
-        return mask_rect(region) + np.array([-1, -1, 1, 1], np.float32) * self.options.margin
+        return _grow_rect(mask_rect(region), self.options.margin)
 
     def run(self, box: Box3D | None = None, points: tuple[Point3D, ...] | list[Point3D] = (),
             progress: ProgressCallback | None = None) -> PropagationResult:
@@ -147,8 +153,8 @@ class VolumePropagator:
                     break
                 self.encoder.ensure([i for i in range(index, index + step * self.encoder.batch_size, step)
                                      if lo <= i <= hi])
-                rect = mask_rect(previous) + np.array([-1, -1, 1, 1], np.float32) * opts.margin
-                current, iou = self.predict_slice(index, _clip_rect(rect, bounds), points_on.get(index, []))
+                rect = _clip_rect(_grow_rect(mask_rect(previous), opts.margin), bounds)
+                current, iou = self.predict_slice(index, rect, points_on.get(index, []))
                 result.slice_iou[index] = iou
                 done += 1
                 if progress is not None:
