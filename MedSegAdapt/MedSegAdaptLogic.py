@@ -1,0 +1,715 @@
+"""MedSegAdapt Logic: every MRML <-> MedSegAdaptLib conversion, segmentation and correction submission.
+
+This file imports neither Qt nor ``slicer.ScriptedLoadableModule``, so it runs in Slicer's Python
+console, in the module's widget and in tests on a real MRML scene from the ``slicer-core`` package.
+It goes through the module logic classes directly (``vtkSlicerSegmentationsModuleLogic``), never
+through ``slicer.modules``, which does not exist outside the Slicer application.
+
+Conventions: MedSegAdaptLib volumes are (I, J, K) arrays with LPS geometry whose direction columns
+are the I, J and K axes; Slicer nodes keep RAS matrices. A voxel box (``Box3D``) covers voxel
+indices lo..hi inclusive, i.e. the IJK region [lo - 0.5, hi + 0.5] in continuous coordinates.
+
+In Slicer::
+
+    import MedSegAdaptLogic
+    logic = MedSegAdaptLogic.MedSegAdaptLogic()
+    segment_id = logic.segment(getNode("CTChest"), getNode("Segmentation"), "right lung", roi_node=getNode("R"))
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+import slicer
+
+from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.inference import Box3D, Point3D
+from MedSegAdaptLib.io import Geometry, Segment, Segmentation, Volume, default_color, standard_terminology
+
+logger = logging.getLogger("MedSegAdapt")
+
+#: LPS <-> RAS: flip the first two axes (its own inverse).
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class SegmentationCancelled(Exception):
+    """Raised from a progress callback to stop a running segmentation."""
+
+
+# --- small VTK helpers ---------------------------------------------------------------------------
+
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def _node_to_world(node) -> np.ndarray:
+    """4x4 matrix from ``node``'s own coordinates to world RAS (identity when not transformed).
+
+    Non-linear parent transforms are refused: voxel boxes and label arrays need a linear grid.
+    """
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(
+            f"{node.GetName()} is under the non-linear transform {parent.GetName()}; "
+            "harden the transform (Data module) or remove it first"
+        )
+    matrix = vtk.vtkMatrix4x4()
+    slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(parent, None, matrix)
+    return _matrix_to_numpy(matrix)
+
+
+def _ijk_to_ras(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return _matrix_to_numpy(matrix)
+
+
+def _ijk_to_world(volume_node) -> np.ndarray:
+    """4x4 IJK-to-world-RAS matrix of a volume node, parent (linear) transforms included."""
+    return _node_to_world(volume_node) @ _ijk_to_ras(volume_node)
+
+
+def _image_to_ijk_array(image: vtk.vtkImageData) -> np.ndarray:
+    """(I, J, K) numpy copy of a single-component vtkImageData (VTK stores I fastest)."""
+    dims = image.GetDimensions()
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        raise InputError("image has no voxel data; expected a loaded volume")
+    if scalars.GetNumberOfComponents() != 1:
+        raise InputError(
+            f"image has {scalars.GetNumberOfComponents()} components per voxel; expected a scalar volume"
+        )
+    flat = numpy_support.vtk_to_numpy(scalars)
+    return np.array(flat.reshape(dims[::-1]).transpose(2, 1, 0))
+
+
+def _ijk_array_to_image(array: np.ndarray) -> vtk.vtkImageData:
+    """vtkImageData (origin 0, spacing 1: geometry lives in the node's IJKToRAS) from an (I, J, K) array."""
+    image = vtk.vtkImageData()
+    image.SetDimensions(*array.shape)
+    flat = np.ascontiguousarray(array.transpose(2, 1, 0)).ravel()
+    scalars = numpy_support.numpy_to_vtk(flat, deep=True)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def _string_array(values: Sequence[str]) -> vtk.vtkStringArray:
+    array = vtk.vtkStringArray()
+    for value in values:
+        array.InsertNextValue(value)
+    return array
+
+
+# --- volumes -------------------------------------------------------------------------------------
+
+
+def geometry_from_volume_node(volume_node) -> Geometry:
+    """LPS ``Geometry`` of a volume node (its IJKToRAS with parent linear transforms, RAS -> LPS)."""
+    image = volume_node.GetImageData() if volume_node is not None else None
+    if image is None:
+        name = volume_node.GetName() if volume_node is not None else "None"
+        raise InputError(f"Volume {name} has no image data; expected a loaded scalar volume")
+    return Geometry.from_ijk_to_lps(_LPS_TO_RAS @ _ijk_to_world(volume_node), image.GetDimensions())
+
+
+def volume_from_node(volume_node) -> Volume:
+    """``MedSegAdaptLib.io.Volume`` of a scalar volume node: (I, J, K) array and LPS geometry."""
+    geometry = geometry_from_volume_node(volume_node)
+    array = _image_to_ijk_array(volume_node.GetImageData())
+    storage = volume_node.GetStorageNode()
+    path = storage.GetFileName() if storage is not None and storage.GetFileName() else None
+    try:
+        return Volume(array, geometry, path=path)
+    except InputError as error:
+        raise InputError(f"Volume node {volume_node.GetName()}: {error}") from error
+
+
+def volume_to_node(volume: Volume, scene, name: str = "Volume", labelmap: bool = False):
+    """A new scalar (or labelmap) volume node in ``scene`` holding ``volume`` (array and geometry)."""
+    class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, name)
+    _set_node_voxels(node, volume.array, _LPS_TO_RAS @ volume.geometry.ijk_to_lps())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _set_node_voxels(node, array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+    node.SetIJKToRASMatrix(_numpy_to_matrix(ijk_to_ras))
+    node.SetAndObserveImageData(_ijk_array_to_image(array))
+
+
+# --- segmentations -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _temporary_labelmap(scene) -> Iterator[Any]:
+    """A hidden labelmap node in ``scene`` (the segmentations logic needs one there), removed after use."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MedSegAdaptTemporaryLabelmap")
+    node.SetHideFromEditors(True)
+    node.SetSaveWithScene(False)
+    try:
+        yield node
+    finally:
+        scene.RemoveNode(node)
+
+
+def _scene_of(*nodes):
+    for node in nodes:
+        if node is not None and node.GetScene() is not None:
+            return node.GetScene()
+    raise InputError("The nodes are not in a MRML scene; expected nodes added to the scene")
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    """Segment ids of a segmentation node, in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def find_segment_id(segmentation_node, name: str) -> str | None:
+    """Id of the segment called ``name`` (ignoring case and surrounding spaces), or None."""
+    key = name.strip().casefold()
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id in segment_ids(segmentation_node):
+        if segmentation.GetSegment(segment_id).GetName().strip().casefold() == key:
+            return segment_id
+    return None
+
+
+def _get_segment_id(segmentation_node, name: str) -> str:
+    segment_id = find_segment_id(segmentation_node, name)
+    if segment_id is None:
+        segmentation = segmentation_node.GetSegmentation()
+        names = [segmentation.GetSegment(s).GetName() for s in segment_ids(segmentation_node)]
+        raise InputError(
+            f"No segment named {name!r} in {segmentation_node.GetName()}; "
+            f"available: {', '.join(repr(n) for n in names) or 'none'}"
+        )
+    return segment_id
+
+
+def segment_mask(segmentation_node, segment_id: str, reference_volume_node) -> np.ndarray:
+    """Boolean (I, J, K) mask of one segment on the reference volume's voxel grid."""
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise InputError(f"No segment with id {segment_id!r} in {segmentation_node.GetName()}")
+    shape = reference_volume_node.GetImageData().GetDimensions()
+    scene = _scene_of(segmentation_node, reference_volume_node)
+    with _temporary_labelmap(scene) as labelmap:
+        exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, _string_array([segment_id]), labelmap, reference_volume_node
+        )
+        image = labelmap.GetImageData()
+        if not exported or image is None:
+            # An empty segment exports nothing; anything else is a real failure.
+            if _segment_is_empty(segmentation_node, segment_id):
+                return np.zeros(shape, dtype=bool)
+            raise InputError(
+                f"Could not export segment {segment_id!r} of {segmentation_node.GetName()} "
+                f"onto {reference_volume_node.GetName()}"
+            )
+        mask = _image_to_ijk_array(image) != 0
+    if mask.shape != tuple(shape):
+        raise InputError(
+            f"Segment {segment_id!r} exported with shape {mask.shape}; expected the reference volume's {shape}"
+        )
+    return mask
+
+
+def _segment_is_empty(segmentation_node, segment_id: str) -> bool:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    if labelmap is None:
+        return True
+    extent = labelmap.GetExtent()
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        return True
+    scalars = labelmap.GetPointData().GetScalars()
+    if scalars is None:
+        return True
+    values = numpy_support.vtk_to_numpy(scalars)
+    return not np.any(values == segment.GetLabelValue())
+
+
+def segment_terminology(segment) -> dict | None:
+    """A vtkSegment's terminology in slicerio's dict layout, or None when it has no terminology tag."""
+    from slicerio.segmentation import terminology_entry_from_string
+
+    value = vtk.reference("")
+    if not segment.GetTag(segment.GetTerminologyEntryTagName(), value) or not str(value):
+        return None
+    try:
+        entry = terminology_entry_from_string(str(value))
+    except (IndexError, ValueError):
+        return None
+    return entry if {"category", "type"} <= entry.keys() and entry.get("type", [""])[0] else None
+
+
+def set_segment_terminology(segment, terminology: dict) -> None:
+    """Tag a vtkSegment with ``terminology`` in Slicer's TerminologyEntry string format."""
+    from slicerio.segmentation import terminology_entry_to_string
+
+    segment.SetTag(segment.GetTerminologyEntryTagName(), terminology_entry_to_string(terminology))
+
+
+def segmentation_from_node(segmentation_node, reference_volume_node, names: Sequence[str] | None = None) -> Segmentation:
+    """``MedSegAdaptLib.io.Segmentation`` of a segmentation node on the reference volume's grid.
+
+    Every segment (or those ``names``) becomes a full-size boolean mask with its name, colour and
+    terminology; overlapping segments stay separate.
+    """
+    geometry = geometry_from_volume_node(reference_volume_node)
+    segmentation = segmentation_node.GetSegmentation()
+    chosen = [_get_segment_id(segmentation_node, n) for n in names] if names is not None else segment_ids(segmentation_node)
+    result = Segmentation(geometry)
+    for segment_id in chosen:
+        segment = segmentation.GetSegment(segment_id)
+        result.add(
+            Segment(
+                name=segment.GetName(),
+                mask=segment_mask(segmentation_node, segment_id, reference_volume_node),
+                color=tuple(segment.GetColor()),
+                terminology=segment_terminology(segment),
+            )
+        )
+    return result
+
+
+def label_arrays_from_node(segmentation_node, reference_volume_node) -> dict[str, np.ndarray]:
+    """``{segment name: boolean (I, J, K) mask}`` on the reference volume's grid."""
+    return {s.name: s.mask for s in segmentation_from_node(segmentation_node, reference_volume_node).segments}
+
+
+def set_segment_mask(
+    segmentation_node,
+    name: str,
+    mask: np.ndarray,
+    reference_volume_node,
+    color: Sequence[float] | None = None,
+    terminology: dict | None = None,
+    replace: bool = True,
+) -> str:
+    """Write a boolean (I, J, K) mask on the reference volume's grid into the segment called ``name``.
+
+    A segment of that name (ignoring case) is overwritten when ``replace``; otherwise (or when there
+    is none) a new segment is added. Colour and terminology default to the standard ones for the
+    name. Returns the segment id.
+    """
+    mask = np.asarray(mask)
+    shape = tuple(reference_volume_node.GetImageData().GetDimensions())
+    if mask.shape != shape:
+        raise InputError(
+            f"Mask for segment {name!r} has shape {mask.shape}; expected the reference volume's {shape}"
+        )
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetNumberOfSegments() == 0:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    color = tuple(color) if color is not None else default_color(name)
+    terminology = terminology if terminology is not None else standard_terminology(name)
+    segment_id = find_segment_id(segmentation_node, name) if replace else None
+    if segment_id is None:
+        segment_id = segmentation.AddEmptySegment("", name, list(color))
+        if not segment_id:
+            raise InputError(f"Could not add segment {name!r} to {segmentation_node.GetName()}")
+    segment = segmentation.GetSegment(segment_id)
+    segment.SetColor(*color)
+    if terminology is not None:
+        set_segment_terminology(segment, terminology)
+    scene = _scene_of(segmentation_node, reference_volume_node)
+    with _temporary_labelmap(scene) as labelmap:
+        _set_node_voxels(labelmap, mask.astype(np.uint8), _ijk_to_world(reference_volume_node))
+        imported = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            labelmap, segmentation_node, _string_array([segment_id])
+        )
+    if not imported:
+        raise InputError(f"Could not import the mask of {name!r} into {segmentation_node.GetName()}")
+    return segment_id
+
+
+# --- prompts -------------------------------------------------------------------------------------
+
+
+def box_from_roi(roi_node, volume_node) -> Box3D:
+    """Voxel ``Box3D`` of the volume's voxels whose centres lie inside a markups ROI (any orientation).
+
+    The ROI's corners are mapped to IJK and their bounding box taken; the box is clipped to the
+    volume and refused when nothing of the volume is inside.
+    """
+    bounds = [0.0] * 6
+    roi_node.GetObjectBounds(bounds)
+    object_to_world = roi_node.GetObjectToWorldMatrix()
+    corners = np.array(
+        [[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]
+    ).T
+    world_to_ijk = np.linalg.inv(_ijk_to_world(volume_node))
+    ijk = (world_to_ijk @ _matrix_to_numpy(object_to_world) @ corners)[:3]
+    tolerance = 1e-3
+    lo = np.ceil(ijk.min(axis=1) - tolerance).astype(int)
+    hi = np.floor(ijk.max(axis=1) + tolerance).astype(int)
+    shape = np.array(volume_node.GetImageData().GetDimensions())
+    clipped_lo, clipped_hi = np.maximum(lo, 0), np.minimum(hi, shape - 1)
+    if np.any(clipped_lo > clipped_hi):
+        raise InputError(
+            f"ROI {roi_node.GetName()} does not contain any voxel centre of {volume_node.GetName()} "
+            f"(IJK {lo.tolist()}..{hi.tolist()}, volume size {shape.tolist()}); move the ROI onto the volume"
+        )
+    return Box3D(tuple(int(v) for v in clipped_lo), tuple(int(v) for v in clipped_hi))
+
+
+def roi_from_box(box: Box3D, volume_node, roi_node=None, name: str = "MedSegAdapt ROI"):
+    """A markups ROI (new, or ``roi_node`` updated) covering exactly the voxels of ``box``.
+
+    The ROI is aligned with the volume's IJK axes, so it also fits oblique volumes.
+    """
+    shape = volume_node.GetImageData().GetDimensions()
+    box.validate(tuple(shape), volume_node.GetName())
+    scene = volume_node.GetScene()
+    if roi_node is None:
+        roi_node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    ijk_to_world = _ijk_to_world(volume_node)
+    if roi_node.GetParentTransformNode() is not None:
+        ijk_to_world = np.linalg.inv(_node_to_world(roi_node)) @ ijk_to_world
+    axes = ijk_to_world[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    lo, hi = np.array(box.lo, dtype=float), np.array(box.hi, dtype=float)
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes / spacing
+    object_to_node[:3, 3] = (ijk_to_world @ np.append((lo + hi) / 2.0, 1.0))[:3]
+    roi_node.SetAndObserveObjectToNodeMatrix(_numpy_to_matrix(object_to_node))
+    roi_node.SetSize(*((hi - lo + 1.0) * spacing))
+    return roi_node
+
+
+def points_from_node(points_node, volume_node, label: int = 1) -> list[Point3D]:
+    """Control points of a markups node (placed ones only) as voxel ``Point3D``s with ``label``.
+
+    Points outside the volume are refused with their number and position.
+    """
+    world_to_ijk = np.linalg.inv(_ijk_to_world(volume_node))
+    shape = volume_node.GetImageData().GetDimensions()
+    points = []
+    for index in range(points_node.GetNumberOfControlPoints()):
+        if points_node.GetNthControlPointPositionStatus(index) != points_node.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        points_node.GetNthControlPointPositionWorld(index, position)
+        ijk = world_to_ijk @ np.append(position, 1.0)
+        point = Point3D(tuple(int(round(v)) for v in ijk[:3]), label)
+        point.validate(tuple(shape), volume_node.GetName())
+        points.append(point)
+    return points
+
+
+def fiducials_from_points(points: Sequence[Point3D], volume_node, points_node=None, name: str = "MedSegAdapt points"):
+    """A markups point list (new, or ``points_node`` emptied) with one control point per voxel point."""
+    if points_node is None:
+        points_node = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    points_node.RemoveAllControlPoints()
+    ijk_to_world = _ijk_to_world(volume_node)
+    for point in points:
+        world = ijk_to_world @ np.append(np.asarray(point.ijk, dtype=float), 1.0)
+        points_node.AddControlPointWorld(vtk.vtkVector3d(*world[:3]))
+    return points_node
+
+
+# --- the Logic -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationRequest:
+    """What the model needs, taken from the scene on the main thread (MRML is not thread-safe)."""
+
+    volume: Volume
+    structure: str
+    box: Box3D | None = None
+    points: list[Point3D] = field(default_factory=list)
+    modality: str = "auto"
+
+
+class MedSegAdaptLogic:
+    """Slicer-free Logic of the module: conversions, segmentation and correction submission.
+
+    The backbone is loaded on first use and kept (with its slice-embedding cache) for later calls.
+    Scene work (:meth:`prepare`, :meth:`apply`) must run on the main thread; :meth:`run_model` may
+    run on a worker thread.
+    """
+
+    def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
+        self.checkpoint = checkpoint or None
+        self.device = device
+        self._segmenter = None
+        self._segmenter_key: tuple | None = None
+        self._lock = threading.Lock()
+        self.last_outcome = None
+
+    # conversions, as methods so the Slicer console finds them on the logic object
+    volume_from_node = staticmethod(volume_from_node)
+    volume_to_node = staticmethod(volume_to_node)
+    geometry_from_volume_node = staticmethod(geometry_from_volume_node)
+    segmentation_from_node = staticmethod(segmentation_from_node)
+    label_arrays_from_node = staticmethod(label_arrays_from_node)
+    segment_mask = staticmethod(segment_mask)
+    set_segment_mask = staticmethod(set_segment_mask)
+    box_from_roi = staticmethod(box_from_roi)
+    roi_from_box = staticmethod(roi_from_box)
+    points_from_node = staticmethod(points_from_node)
+    fiducials_from_points = staticmethod(fiducials_from_points)
+
+    # model
+
+    def configure(self, checkpoint: str | None = None, device: str | None = None) -> None:
+        """Change checkpoint or device; the model reloads on next use only if they changed."""
+        self.checkpoint = checkpoint or None
+        if device is not None:
+            self.device = device
+
+    def segmenter(self):
+        """The ``Segmenter`` for the configured checkpoint and device, loaded once and kept."""
+        from MedSegAdaptLib.device import resolve_device
+        from MedSegAdaptLib.inference import Segmenter
+        from MedSegAdaptLib.models import load_backbone
+
+        key = (self.checkpoint, self.device)
+        with self._lock:
+            if self._segmenter is None or self._segmenter_key != key:
+                started = time.perf_counter()
+                backbone = load_backbone(
+                    checkpoint=self.checkpoint, device=resolve_device(self.device), for_inference=True
+                )
+                self._segmenter, self._segmenter_key = Segmenter(backbone), key
+                logger.info("MedSegAdapt: loaded %s on %s in %.1f s", backbone.spec.name, self.device,
+                            time.perf_counter() - started)
+            return self._segmenter
+
+    # segmentation in three steps (main thread, any thread, main thread)
+
+    def prepare(self, volume_node, structure: str, roi_node=None, points_node=None,
+                background_points_node=None, modality: str = "auto") -> SegmentationRequest:
+        """Read the inputs out of the scene. Main thread."""
+        if volume_node is None:
+            raise InputError("No input volume selected; expected a scalar volume")
+        structure = (structure or "").strip()
+        if not structure:
+            raise InputError("No structure given; expected a structure name such as 'right lung'")
+        volume = volume_from_node(volume_node)
+        box = box_from_roi(roi_node, volume_node) if roi_node is not None else None
+        points = points_from_node(points_node, volume_node, 1) if points_node is not None else []
+        if background_points_node is not None:
+            points += points_from_node(background_points_node, volume_node, 0)
+        if box is None and not points:
+            raise InputError("No prompt: place an ROI around the structure or click points on it")
+        return SegmentationRequest(volume, structure, box, points, modality)
+
+    def run_model(self, request: SegmentationRequest, progress: ProgressCallback | None = None):
+        """Run the model on a prepared request; returns the library's ``SegmentationOutcome``. Any thread."""
+        outcome = self.segmenter().segment(
+            request.volume, request.structure, request.box, request.points, request.modality, progress
+        )
+        self.last_outcome = outcome
+        return outcome
+
+    def apply(self, outcome, request: SegmentationRequest, volume_node, segmentation_node) -> str:
+        """Write the outcome's mask as the structure's segment (standard colour, terminology). Main thread."""
+        if segmentation_node is None:
+            raise InputError("No output segmentation selected; expected a segmentation node")
+        if outcome.mask.shape != request.volume.geometry.shape:
+            raise InputError("The segmentation result does not match the volume's grid")
+        if not outcome.mask.any():
+            logger.warning("MedSegAdapt: the model found nothing for %r", request.structure)
+        return set_segment_mask(segmentation_node, request.structure, outcome.mask, volume_node)
+
+    def segment(self, volume_node, segmentation_node, structure: str, roi_node=None, points_node=None,
+                progress: ProgressCallback | None = None, background_points_node=None,
+                modality: str = "auto") -> str:
+        """Segment ``structure`` in the volume from an ROI and/or points; returns the segment id.
+
+        The segment is named after the structure (replacing a segment of that name), with the
+        standard colour and terminology. ``progress(stage, done, total)`` may raise to cancel.
+        """
+        request = self.prepare(volume_node, structure, roi_node, points_node, background_points_node, modality)
+        outcome = self.run_model(request, progress)
+        return self.apply(outcome, request, volume_node, segmentation_node)
+
+    # corrections
+
+    def submit_correction(self, volume_node, segmentation_node, segment_name: str, store_path: str,
+                          case_id: str, annotator: str, slices: dict[str, Sequence[int]] | None = None,
+                          comment: str | None = None):
+        """Store the segment's current mask as a new correction version; returns the ``LabelVersion``.
+
+        The store is created when ``store_path`` is a new or empty folder. The volume becomes the
+        case ``case_id`` the first time (the same image already in the store is recognised, under
+        its existing case id). ``slices`` (``{"k": [12, 30]}``) marks a partial annotation.
+        """
+        from MedSegAdaptLib.store import FineTuningStore
+
+        if not str(store_path or "").strip():
+            raise InputError("No fine-tuning store folder given; expected a folder path")
+        segment_id = _get_segment_id(segmentation_node, segment_name)
+        structure = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip()
+        volume = volume_from_node(volume_node)
+        mask = segment_mask(segmentation_node, segment_id, volume_node)
+        with FineTuningStore.init(store_path) as store:
+            case, _created = store.add_image(volume, case_id=case_id)
+            return store.submit_mask(
+                case.case_id, structure, mask, annotator, annotated_slices=slices, comment=comment,
+                source=f"3D Slicer segmentation {segmentation_node.GetName()} / segment {structure}",
+            )
+
+    @staticmethod
+    def history(store_path: str, case_id: str, structure: str | None = None):
+        """Every stored version of the case's labels (of one structure if given), oldest first."""
+        from MedSegAdaptLib.store import FineTuningStore
+
+        with FineTuningStore(store_path) as store:
+            return store.history(case_id, structure)
+
+
+# --- a persistent worker thread (no Qt: the widget polls jobs with a QTimer) -----------------------
+
+
+class Job:
+    """One piece of work for :class:`Worker`: state, progress, result or error, and a cancel flag.
+
+    ``state`` goes 'queued' -> 'running' -> 'done' | 'failed' | 'cancelled'.
+    """
+
+    def __init__(self, function: Callable[[ProgressCallback], Any], description: str = "") -> None:
+        self.function = function
+        self.description = description
+        self.state = "queued"
+        self.stage, self.done, self.total = "queued", 0, 0
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._finished = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next progress report."""
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """The library's progress callback: records progress and raises once cancel was asked for."""
+        self.stage, self.done, self.total = stage, int(done), int(total)
+        if self._cancel.is_set():
+            raise SegmentationCancelled(f"{self.description or 'work'} cancelled")
+
+    def _run(self) -> None:
+        if self._cancel.is_set():
+            self.state = "cancelled"
+            self._finished.set()
+            return
+        self.state = "running"
+        try:
+            self.result = self.function(self.progress)
+            self.state = "done"
+        except SegmentationCancelled as error:
+            self.error, self.state = error, "cancelled"
+        except BaseException as error:  # reported to the GUI thread, which shows it
+            self.error, self.state = error, "failed"
+            logger.exception("MedSegAdapt: %s failed", self.description or "work")
+        finally:
+            self._finished.set()
+
+
+class Worker:
+    """One persistent background thread running :class:`Job`s in order (the model stays on it)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="MedSegAdaptWorker", daemon=True)
+        self._thread.start()
+
+    def submit(self, function: Callable[[ProgressCallback], Any], description: str = "") -> Job:
+        job = Job(function, description)
+        self._queue.put(job)
+        return job
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job._run()
+
+
+def progress_text(stage: str, done: int, total: int) -> str:
+    """'Encoding slices 12/34' style label for a progress stage of the library."""
+    names = {"queued": "Waiting", "loading": "Loading model", "encoding slices": "Encoding slices",
+             "propagating": "Propagating", "writing": "Writing segment"}
+    label = names.get(stage, stage.replace("_", " ").capitalize())
+    return f"{label} {done}/{total}" if total else label
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+__all__ = [
+    "Job",
+    "MedSegAdaptLogic",
+    "SegmentationCancelled",
+    "SegmentationRequest",
+    "Worker",
+    "box_from_roi",
+    "dice",
+    "fiducials_from_points",
+    "find_segment_id",
+    "geometry_from_volume_node",
+    "label_arrays_from_node",
+    "points_from_node",
+    "progress_text",
+    "roi_from_box",
+    "segment_ids",
+    "segment_mask",
+    "segment_terminology",
+    "segmentation_from_node",
+    "set_segment_mask",
+    "set_segment_terminology",
+    "volume_from_node",
+    "volume_to_node",
+]

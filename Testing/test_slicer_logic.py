@@ -1,0 +1,425 @@
+"""The module's Logic on a real MRML scene (slicer-core): conversions, segmentation, corrections.
+
+CTChest4 and its Slicer segmentation are loaded through Slicer's own storage nodes and compared
+with what MedSegAdaptLib reads from the same files.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import slicer
+    import vtk
+    from slicer import vtkMRMLScene, vtkSlicerSegmentationsModuleLogic  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    pytest.skip(
+        f"slicer-core is not installed ({error}); pip install slicer-core to test the module Logic",
+        allow_module_level=True,
+    )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegAdapt"))
+
+import MedSegAdaptLogic as logic_module  # noqa: E402
+from MedSegAdaptLogic import (  # noqa: E402
+    Job,
+    MedSegAdaptLogic,
+    SegmentationCancelled,
+    Worker,
+    box_from_roi,
+    dice,
+    fiducials_from_points,
+    geometry_from_volume_node,
+    label_arrays_from_node,
+    points_from_node,
+    roi_from_box,
+    segment_mask,
+    segment_terminology,
+    segmentation_from_node,
+    set_segment_mask,
+    volume_from_node,
+    volume_to_node,
+)
+from slicer_scene import make_scene  # noqa: E402
+
+from MedSegAdaptLib.errors import InputError  # noqa: E402
+from MedSegAdaptLib.inference import Box3D, Point3D  # noqa: E402
+from MedSegAdaptLib.io import (  # noqa: E402
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+    default_color,
+    read_segmentation,
+    read_volume,
+    standard_terminology,
+)
+
+
+def _ijk_to_ras(volume_node) -> np.ndarray:
+    """The node's own IJKToRAS matrix as numpy (what Slicer shows in the Volumes module)."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """CTChest4 and its segmentation as MedSegAdaptLib reads them (no Slicer involved)."""
+    return read_volume(ctchest4_volume_path()), read_segmentation(ctchest4_segmentation_path())
+
+
+@pytest.fixture()
+def app():
+    return make_scene()
+
+
+@pytest.fixture()
+def volume_node(app):
+    return app.load_volume(ctchest4_volume_path(), "CTChest4")
+
+
+@pytest.fixture()
+def segmentation_node(app):
+    return app.load_segmentation(ctchest4_segmentation_path(), "Reference")
+
+
+# --- volumes ---------------------------------------------------------------------------------------
+
+
+def test_volume_node_equals_read_volume(volume_node, reference):
+    volume, _ = reference
+    converted = volume_from_node(volume_node)
+    assert converted.array.dtype == volume.array.dtype
+    assert converted.array.shape == volume.array.shape == (128, 128, 34)
+    np.testing.assert_array_equal(converted.array, volume.array)
+    assert converted.geometry.matches(volume.geometry, atol=1e-6), converted.geometry.describe_mismatch(
+        volume.geometry, atol=1e-6
+    )
+    assert converted.path == str(ctchest4_volume_path())
+
+
+def test_volume_geometry_is_lps_with_ijk_direction_columns(volume_node):
+    geometry = geometry_from_volume_node(volume_node)
+    ijk_to_ras = _ijk_to_ras(volume_node)
+    # Voxel (3, 5, 7) lands on the same physical point in both conventions (L = -R, P = -A).
+    ras = ijk_to_ras @ np.array([3, 5, 7, 1.0])
+    lps = geometry.ijk_to_lps() @ np.array([3, 5, 7, 1.0])
+    np.testing.assert_allclose(lps[:3], [-ras[0], -ras[1], ras[2]], atol=1e-6)
+
+
+def test_volume_under_linear_transform_gets_world_geometry(app, volume_node):
+    before = geometry_from_volume_node(volume_node)
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 10.0)  # 10 mm towards Right (= -10 in L)
+    matrix.SetElement(2, 3, 5.0)  # 5 mm Superior
+    transform.SetMatrixTransformToParent(matrix)
+    volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    after = geometry_from_volume_node(volume_node)
+    np.testing.assert_allclose(np.subtract(after.origin, before.origin), [-10.0, 0.0, 5.0], atol=1e-6)
+    assert after.spacing == pytest.approx(before.spacing)
+
+
+def test_volume_to_node_round_trip(app, reference):
+    volume, _ = reference
+    node = volume_to_node(volume, app.scene, "Copy")
+    back = volume_from_node(node)
+    np.testing.assert_array_equal(back.array, volume.array)
+    assert back.geometry.matches(volume.geometry, atol=1e-6)
+
+
+def test_volume_node_without_image_is_refused(app):
+    empty = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Empty")
+    with pytest.raises(InputError, match="Empty has no image data"):
+        volume_from_node(empty)
+
+
+# --- segmentations ---------------------------------------------------------------------------------
+
+
+def test_segmentation_node_label_arrays_equal_read_segmentation(volume_node, segmentation_node, reference):
+    _, segmentation = reference
+    arrays = label_arrays_from_node(segmentation_node, volume_node)
+    assert list(arrays) == segmentation.names()
+    for segment in segmentation.segments:
+        assert arrays[segment.name].dtype == bool
+        np.testing.assert_array_equal(arrays[segment.name], segment.mask, err_msg=segment.name)
+        assert segment.mask.any()
+
+
+def test_segmentation_node_keeps_colour_and_terminology(volume_node, segmentation_node, reference):
+    _, segmentation = reference
+    converted = segmentation_from_node(segmentation_node, volume_node)
+    for segment in segmentation.segments:
+        mine = converted.get(segment.name)
+        assert mine.color == pytest.approx(segment.color, abs=1e-6)
+        assert mine.terminology == segment.terminology
+
+
+def test_new_segment_gets_standard_terminology_in_slicer_format(app, volume_node, segmentation_node, reference):
+    _, segmentation = reference
+    target = app.new_segmentation("Out")
+    segment_id = set_segment_mask(target, "right lung", segmentation.get("right lung").mask, volume_node)
+    segment = target.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "right lung"
+    assert tuple(segment.GetColor()) == pytest.approx(default_color("right lung"), abs=1e-6)
+    assert segment_terminology(segment) == standard_terminology("right lung")
+    # Byte for byte the tag Slicer itself wrote into Segmentation.seg.nrrd for this structure.
+    tag_name = segment.GetTerminologyEntryTagName()
+    mine, slicers = vtk.reference(""), vtk.reference("")
+    original = segmentation_node.GetSegmentation()
+    original_segment = original.GetSegment(original.GetSegmentIdBySegmentName("right lung"))
+    assert segment.GetTag(tag_name, mine) and original_segment.GetTag(tag_name, slicers)
+    assert str(mine) == str(slicers)
+
+
+def test_set_segment_mask_round_trip_and_replace(app, volume_node, reference):
+    _, segmentation = reference
+    target = app.new_segmentation("Out")
+    lung = segmentation.get("left lung").mask
+    segment_id = set_segment_mask(target, "left lung", lung, volume_node)
+    np.testing.assert_array_equal(segment_mask(target, segment_id, volume_node), lung)
+
+    smaller = np.zeros_like(lung)
+    smaller[40:60, 40:60, 10:14] = True
+    again = set_segment_mask(target, "Left Lung", smaller, volume_node)
+    assert again == segment_id
+    assert target.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(segment_mask(target, segment_id, volume_node), smaller)
+
+    added = set_segment_mask(target, "left lung", lung, volume_node, replace=False)
+    assert added != segment_id
+    assert target.GetSegmentation().GetNumberOfSegments() == 2
+
+
+def test_overlapping_segments_stay_separate(app, volume_node, reference):
+    _, segmentation = reference
+    target = app.new_segmentation("Overlap")
+    lung = segmentation.get("right lung").mask
+    box = np.zeros_like(lung)
+    box[50:80, 50:80, 10:20] = True
+    set_segment_mask(target, "right lung", lung, volume_node)
+    set_segment_mask(target, "box", box, volume_node)
+    assert (lung & box).any()
+    arrays = label_arrays_from_node(target, volume_node)
+    np.testing.assert_array_equal(arrays["right lung"], lung)
+    np.testing.assert_array_equal(arrays["box"], box)
+
+
+def test_empty_segment_is_an_empty_mask(app, volume_node):
+    target = app.new_segmentation("Empty")
+    segment_id = target.GetSegmentation().AddEmptySegment("", "nothing")
+    mask = segment_mask(target, segment_id, volume_node)
+    assert mask.shape == (128, 128, 34) and not mask.any()
+
+
+def test_wrong_mask_shape_is_refused(app, volume_node):
+    with pytest.raises(InputError, match="expected the reference volume's"):
+        set_segment_mask(app.new_segmentation(), "right lung", np.zeros((10, 10, 10), bool), volume_node)
+
+
+# --- prompts ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("structure", ["right lung", "left lung", "thoracic vertebral column"])
+def test_roi_from_reference_box_maps_back(volume_node, reference, structure):
+    _, segmentation = reference
+    box = Box3D.around(segmentation.get(structure).mask, margin=2)
+    roi = roi_from_box(box, volume_node)
+    assert box_from_roi(roi, volume_node) == box
+    # The ROI covers the boxed voxels to their outer faces, in world RAS.
+    bounds = [0.0] * 6
+    roi.GetRASBounds(bounds)
+    ijk_to_ras = _ijk_to_ras(volume_node)
+    corners = np.array([np.array(box.lo) - 0.5, np.array(box.hi) + 0.5])
+    ras = (ijk_to_ras @ np.c_[corners, np.ones(2)].T)[:3].T
+    np.testing.assert_allclose(bounds[0::2], ras.min(axis=0), atol=1e-4)
+    np.testing.assert_allclose(bounds[1::2], ras.max(axis=0), atol=1e-4)
+
+
+def test_roi_partly_outside_is_clipped_and_outside_refused(app, volume_node):
+    roi = app.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "R")
+    ijk_to_ras = _ijk_to_ras(volume_node)
+    center = (ijk_to_ras @ np.array([0.0, 64.0, 17.0, 1.0]))[:3]
+    roi.SetXYZ(*center)
+    roi.SetRadiusXYZ(3.04687595 * 10.2, 3.04687595 * 5.2, 10.0 * 2.2)
+    box = box_from_roi(roi, volume_node)
+    assert box.lo[0] == 0 and box.hi[0] == 10
+    assert (box.lo[1], box.hi[1]) == (59, 69) and (box.lo[2], box.hi[2]) == (15, 19)
+
+    roi.SetXYZ(*(ijk_to_ras @ np.array([-50.0, 64.0, 17.0, 1.0]))[:3])
+    with pytest.raises(InputError, match="does not contain any voxel"):
+        box_from_roi(roi, volume_node)
+
+
+def test_points_map_to_voxels(volume_node):
+    points = [Point3D((10, 20, 5)), Point3D((100, 64, 30)), Point3D((127, 127, 33))]
+    node = fiducials_from_points(points, volume_node)
+    assert points_from_node(node, volume_node) == points
+    assert [p.label for p in points_from_node(node, volume_node, label=0)] == [0, 0, 0]
+
+
+def test_point_outside_volume_is_refused(app, volume_node):
+    node = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "P")
+    node.AddControlPointWorld(vtk.vtkVector3d(5000.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="outside"):
+        points_from_node(node, volume_node)
+
+
+def test_prepare_needs_a_prompt_and_a_structure(volume_node):
+    logic = MedSegAdaptLogic()
+    with pytest.raises(InputError, match="No prompt"):
+        logic.prepare(volume_node, "right lung")
+    with pytest.raises(InputError, match="No structure"):
+        logic.prepare(volume_node, "  ")
+
+
+# --- segmentation with the real weights ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def logic():
+    """One Logic for the module: the backbone loads once and is kept."""
+    return MedSegAdaptLogic(device="cpu")
+
+
+@pytest.mark.slow
+def test_segment_right_lung_from_roi(app, logic, volume_node, reference):
+    _, segmentation = reference
+    truth = segmentation.get("right lung").mask
+    roi = roi_from_box(Box3D.around(truth, margin=2), volume_node)
+    output = app.new_segmentation("MedSegAdapt")
+    stages = []
+    segment_id = logic.segment(volume_node, output, "right lung", roi_node=roi,
+                               progress=lambda stage, done, total: stages.append(stage))
+    segment = output.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "right lung"
+    assert segment_terminology(segment) == standard_terminology("right lung")
+    mask = segment_mask(output, segment_id, volume_node)
+    score = dice(mask, truth)
+    print(f"Dice right lung through the Logic: {score:.3f}")
+    assert score >= 0.85
+    assert stages, "the progress callback was never called"
+    # Same backbone object reused on the next call.
+    assert logic.segmenter() is logic.segmenter()
+
+
+@pytest.mark.slow
+def test_cancel_from_progress_stops_segmentation(app, logic, volume_node, reference):
+    _, segmentation = reference
+    roi = roi_from_box(Box3D.around(segmentation.get("left lung").mask, margin=2), volume_node)
+    output = app.new_segmentation("Cancelled")
+
+    def cancel(stage, done, total):
+        raise SegmentationCancelled("stop")
+
+    with pytest.raises(SegmentationCancelled):
+        logic.segment(volume_node, output, "left lung", roi_node=roi, progress=cancel)
+    assert output.GetSegmentation().GetNumberOfSegments() == 0
+
+
+# --- corrections -----------------------------------------------------------------------------------
+
+
+def test_submitted_correction_reads_back_identical(tmp_path, app, volume_node, segmentation_node, reference):
+    volume, segmentation = reference
+    store_path = tmp_path / "store"
+    logic = MedSegAdaptLogic()
+    # The annotator's edit: the reference right lung with two slices cleared.
+    edited = segmentation.get("right lung").mask.copy()
+    edited[:, :, 12:14] = False
+    corrections = app.new_segmentation("Corrections")
+    set_segment_mask(corrections, "right lung", edited, volume_node)
+
+    first = logic.submit_correction(volume_node, corrections, "Right Lung", str(store_path), "chest4", "dr_a",
+                                    slices={"k": [12, 13, 20]})
+    assert (first.case_id, first.structure, first.version, first.kind) == ("chest4", "right lung", 1, "correction")
+    assert first.annotator == "dr_a"
+    assert first.annotated_slices == {"k": [12, 13, 20]}
+    assert first.voxels == int(edited.sum())
+    stored = read_volume(first.file)
+    np.testing.assert_array_equal(stored.array != 0, edited)
+    assert stored.geometry.matches(volume.geometry, atol=1e-6)
+
+    # A second submission is a new version; the first stays as it was.
+    set_segment_mask(corrections, "right lung", segmentation.get("right lung").mask, volume_node)
+    second = logic.submit_correction(volume_node, corrections, "right lung", str(store_path), "chest4", "dr_b")
+    history = logic.history(str(store_path), "chest4", "right lung")
+    assert [(v.version, v.annotator) for v in history] == [(1, "dr_a"), (2, "dr_b")]
+    assert history[0].file == first.file and history[1].file == second.file
+    np.testing.assert_array_equal(read_volume(first.file).array != 0, edited)
+    np.testing.assert_array_equal(read_volume(second.file).array != 0, segmentation.get("right lung").mask)
+    # The case image in the store is CTChest4 itself.
+    from MedSegAdaptLib.store import FineTuningStore
+
+    with FineTuningStore(store_path) as store:
+        case = store.case("chest4")
+        np.testing.assert_array_equal(read_volume(case.image).array, volume.array)
+
+
+def test_submit_unknown_segment_names_the_available_ones(tmp_path, volume_node, segmentation_node):
+    with pytest.raises(InputError, match="available: 'ribs'"):
+        MedSegAdaptLogic().submit_correction(volume_node, segmentation_node, "liver", str(tmp_path / "s"),
+                                             "c1", "dr_a")
+    assert not (tmp_path / "s").exists()
+
+
+# --- worker thread ---------------------------------------------------------------------------------
+
+
+def test_worker_runs_jobs_in_order_and_reports_errors():
+    worker = Worker()
+    try:
+        order = []
+        first = worker.submit(lambda progress: order.append(1) or "one")
+        failing = worker.submit(lambda progress: 1 / 0)
+        third = worker.submit(lambda progress: order.append(3) or threading.current_thread().name)
+        assert third.wait(10)
+        assert (first.state, first.result) == ("done", "one")
+        assert failing.state == "failed" and isinstance(failing.error, ZeroDivisionError)
+        assert third.state == "done" and third.result == "MedSegAdaptWorker"
+        assert order == [1, 3]
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
+def test_worker_job_cancels_at_next_progress_report():
+    worker = Worker()
+    try:
+        started = threading.Event()
+        release = threading.Event()
+
+        def work(progress):
+            progress("encoding slices", 0, 10)
+            started.set()
+            release.wait(10)
+            progress("encoding slices", 1, 10)  # raises once cancelled
+            return "finished"
+
+        job = worker.submit(work, "test")
+        assert started.wait(10)
+        assert job.state == "running" and (job.stage, job.done, job.total) == ("encoding slices", 0, 10)
+        job.cancel()
+        release.set()
+        assert job.wait(10)
+        assert job.state == "cancelled" and job.result is None
+        assert isinstance(job.error, SegmentationCancelled)
+    finally:
+        worker.stop()
+
+
+def test_progress_text():
+    assert logic_module.progress_text("encoding slices", 3, 34) == "Encoding slices 3/34"
+    assert logic_module.progress_text("propagating", 0, 0) == "Propagating"
+
+
+def test_job_cancelled_before_start_never_runs():
+    ran = []
+    job = Job(lambda progress: ran.append(1))
+    job.cancel()
+    job._run()
+    assert job.state == "cancelled" and not ran
