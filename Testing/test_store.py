@@ -131,7 +131,12 @@ def test_add_image_copies_and_recognises_the_same_image(tmp_path: Path):
         with pytest.raises(InputError, match="already used .* by a different image"):
             store.add_image(changed, case_id="ctchest4")  # case ids ignore letter case
         assert store.add_image(changed, case_id="chest-2")[1]
-        assert [c.case_id for c in store.cases()] == ["chest-2", CASE]
+        assert store.case("chest-2").modality == "ct"  # no tag, no --modality: read from the intensities
+        mr_like = volume_from_array(np.full(original.array.shape, 300.0, np.float32), original.geometry)
+        assert store.add_image(mr_like, case_id="mr-1")[0].modality == "mr"
+        with pytest.raises(InputError, match="Modality 'pet' is not supported"):
+            store.add_image(mr_like, case_id="pet-1", modality="pet")
+        assert [c.case_id for c in store.cases()] == ["chest-2", CASE, "mr-1"]
         assert store.case("CTCHEST4").case_id == CASE
 
 

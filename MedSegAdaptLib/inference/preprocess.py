@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-
-MODALITIES = ("ct", "mr")
+from ..io.modality import MODALITIES, detect_modality  # noqa: F401  (detect_modality re-exported)
 
 # (level, width) in HU
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -70,21 +69,6 @@ def preset_for(structure: str, modality: str) -> IntensityPreset:
         window = "soft_tissue"
     level, width = CT_WINDOWS[window]
     return IntensityPreset(window, "ct", level, width)
-
-
-def detect_modality(array: np.ndarray, modality_hint: str | None) -> tuple[str, str]:
-    """('ct' | 'mr', reason) from the file's Modality tag when present, else from intensities.
-
-    CT in Hounsfield units has air near -1000: a 1st percentile under -500 means CT.
-    """
-    if modality_hint:
-        hint = modality_hint.strip().upper()
-        if hint in ("CT", "MR"):
-            return hint.lower(), f"Modality tag is {hint}"
-    p1 = float(np.percentile(array, 1))
-    if p1 < -500:
-        return "ct", f"1st intensity percentile {p1:.0f} < -500 (air in Hounsfield units)"
-    return "mr", f"1st intensity percentile {p1:.0f} >= -500 (no air in Hounsfield units)"
 
 
 def clip_intensities(array: np.ndarray, preset: IntensityPreset) -> np.ndarray:

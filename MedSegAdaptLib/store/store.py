@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.io.modality import detect_modality
 from MedSegAdaptLib.io import (
     Segmentation,
     Volume,
@@ -133,7 +134,8 @@ class FineTuningStore:
 
         The same image (voxel values and geometry, in any file format) added again is recognised:
         the existing case is returned with ``created`` False. ``case_id`` defaults to the file name
-        without extension, ``modality`` ('ct' or 'mr') to the file's DICOM modality when it has one.
+        without extension, ``modality`` ('ct' or 'mr') to the file's DICOM modality when it has one,
+        else to what the intensities say (io.modality.detect_modality).
         """
         volume = image if isinstance(image, Volume) else read_volume(image)
         if case_id is None:
@@ -141,9 +143,7 @@ class FineTuningStore:
                 raise InputError("An in-memory image needs a case id; expected case_id='...'")
             case_id = case_id_from_path(Path(volume.path))
         case_id = check_case_id(case_id)
-        modality = check_modality(modality, explicit=True) or check_modality(
-            volume.modality_hint, explicit=False
-        )
+        modality = check_modality(modality) or detect_modality(volume.array, volume.modality_hint)[0]
         voxels = _voxel_sha256(volume)
         with write_transaction(self._db):
             for row in self._db.execute("SELECT * FROM cases WHERE voxel_sha256 = ?", (voxels,)).fetchall():

@@ -11,11 +11,11 @@ import slicerio
 
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.io import Geometry
+from MedSegAdaptLib.io.modality import MODALITIES
 
 _CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _IMAGE_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
-MODALITIES = ("ct", "mr")
 
 
 def check_case_id(case_id: str) -> str:
@@ -53,16 +53,14 @@ def check_sha256(value: str | None) -> str | None:
     return value.lower()
 
 
-def check_modality(value: str | None, explicit: bool) -> str | None:
-    """'ct', 'mr' or None. An explicit value must be one of those; a DICOM hint that is not is ignored."""
+def check_modality(value: str | None) -> str | None:
+    """'ct', 'mr' or None (not given); anything else is refused."""
     if value is None:
         return None
     modality = value.strip().lower()
-    if modality in MODALITIES:
-        return modality
-    if explicit:
+    if modality not in MODALITIES:
         raise InputError(f"Modality {value!r} is not supported; expected one of {', '.join(MODALITIES)}")
-    return None
+    return modality
 
 
 def check_geometry(actual: Geometry, expected: Geometry, what: str, case_id: str) -> None:
