@@ -5,6 +5,7 @@ import argparse
 import time
 
 from .evaluation import compare_segmentations, format_table
+from .evaluation.overlay import render_slices
 from .inference import Box3D, Segmenter
 from .io import Segment, Segmentation, read_segmentation, read_volume, write_segmentation
 from .io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
@@ -12,6 +13,7 @@ from .progress import TerminalProgress
 
 DEMO_STRUCTURES = ("right lung", "left lung", "thoracic vertebral column")
 BOX_MARGIN_VOXELS = 2
+PICTURE_SLICES = (12, 20, 28)  # axial slices shown in the demo's picture
 
 
 def run_demo(args: argparse.Namespace, segmenter: Segmenter) -> list[dict]:
@@ -35,5 +37,8 @@ def run_demo(args: argparse.Namespace, segmenter: Segmenter) -> list[dict]:
     write_segmentation(output, prediction)
     rows = compare_segmentations(prediction, reference, names=list(DEMO_STRUCTURES))
     print(format_table(rows))
-    print(f"total {total:.1f} s for {len(DEMO_STRUCTURES)} structures; wrote {output}")
+    picture = args.output_dir / "ctchest4_slices.png"
+    render_slices(volume, prediction, list(PICTURE_SLICES), reference=reference).save(picture)
+    print(f"total {total:.1f} s for {len(DEMO_STRUCTURES)} structures; wrote {output} and {picture} "
+          "(filled: prediction, white outline: reference)")
     return rows
