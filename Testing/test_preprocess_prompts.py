@@ -9,12 +9,12 @@ from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.inference.embedding_cache import EmbeddingCache, volume_key
 from MedSegAdaptLib.inference.preprocess import (
     clip_intensities,
-    detect_modality,
     logits_to_slice,
     preset_for,
     slices_to_input,
 )
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect, put_slice, take_slices
+from MedSegAdaptLib.io.modality import detect_modality
 
 
 def test_presets_follow_the_structure_name():

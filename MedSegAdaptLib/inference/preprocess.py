@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io.modality import MODALITIES, detect_modality  # noqa: F401  (detect_modality re-exported)
+from ..io.modality import MODALITIES
 
 # (level, width) in HU
 CT_WINDOWS: dict[str, tuple[float, float]] = {

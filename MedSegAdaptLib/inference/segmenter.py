@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.modality import detect_modality
 from ..io.volume import Volume
 from ..models.backbone import SamBackbone
 from .embedding_cache import EmbeddingCache, volume_key
 from .encoder import ProgressCallback, SliceEncoder
-from .preprocess import IntensityPreset, clip_intensities, detect_modality, preset_for
+from .preprocess import IntensityPreset, clip_intensities, preset_for
 from .prompts import Box3D, Point3D
 from .volumetric import PropagationOptions, PropagationResult, VolumePropagator
 

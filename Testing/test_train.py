@@ -1,0 +1,255 @@
+"""Fine-tuning: annotated-slice loss, checkpoints (metadata, refusal, resume), a real tiny run, the loop."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.inference import EmbeddingCache
+from MedSegAdaptLib.models import load_backbone
+from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
+from MedSegAdaptLib.store import FineTuningStore
+from MedSegAdaptLib.train import FineTuneOptions, FineTuner, SliceDataset, fine_tune, load_checkpoint
+from MedSegAdaptLib.train.checkpoint import save_checkpoint
+from MedSegAdaptLib.train.cli import add_finetune_parser
+from MedSegAdaptLib.train.trainer import batch_loss, prompt_boxes
+
+STRUCTURE = "left lung"
+SLICES = [17, 23]
+TINY = FineTuneOptions(epochs=1, batch_size=2, min_steps_per_epoch=2)
+
+
+@pytest.fixture(scope="session")
+def embeddings():
+    """One embedding cache for the module: each annotated CTChest4 slice is encoded once."""
+    return EmbeddingCache()
+
+
+def _store(folder, volume, mask, slices=SLICES, structure=STRUCTURE):
+    store = FineTuningStore.init(folder)
+    store.add_image(volume, "CTChest4", modality="ct")
+    store.submit_mask("CTChest4", structure, mask, "tester", annotated_slices=None if slices is None else {"k": slices})
+    return store
+
+
+@pytest.fixture()
+def store(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    with _store(tmp_path / "store", volume, reference.get(STRUCTURE).mask) as opened:
+        yield opened
+
+
+def _decoder_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("mask_decoder.")}
+
+
+def test_unannotated_slices_do_not_change_loss_or_gradient(tmp_path, ctchest4, embeddings):
+    volume, reference = ctchest4
+    truth = reference.get(STRUCTURE).mask
+    wrong = truth.copy()
+    outside = np.ones(truth.shape[2], dtype=bool)
+    outside[SLICES] = False
+    wrong[:, :, outside] = ~truth[:, :, outside]  # every unannotated slice inverted
+    tuners = []
+    for name, mask in (("right", truth), ("wrong", wrong)):
+        with _store(tmp_path / name, volume, mask) as store:
+            tuners.append(FineTuner(store, tmp_path / f"{name}.pt", options=TINY, cache=embeddings))
+    grads, losses = [], []
+    model = tuners[0].model
+    loss_fn = DiceCELoss(sigmoid=True)
+    for tuner in tuners:
+        tuner._encode(None)
+        dataset = tuner.dataset
+        assert [(s.axis, s.index) for s in dataset.slices] == [(2, k) for k in SLICES]
+        boxes = prompt_boxes(dataset.slices, 3, 0, None)
+        model.zero_grad()
+        loss = batch_loss(model, loss_fn, tuner._embeddings(dataset.slices), boxes, dataset.slices)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(model.mask_decoder.output_upscaling[0].weight.grad.clone())
+    assert losses[0] == losses[1]
+    assert torch.equal(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
+def test_whole_volume_label_gives_every_axial_slice_with_foreground(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    truth = reference.get(STRUCTURE).mask
+    with _store(tmp_path / "store", volume, truth, slices=None) as store:
+        dataset = SliceDataset(store.training_view(), "0" * 64)
+    expected = [k for k in range(truth.shape[2]) if truth[:, :, k].sum() >= 5]
+    assert [s.index for s in dataset.slices] == expected
+
+
+def test_empty_training_view_is_refused(tmp_path):
+    with FineTuningStore.init(tmp_path / "empty") as store:
+        with pytest.raises(InputError, match="training view is empty"):
+            FineTuner(store, tmp_path / "out.pt")
+
+
+def test_tiny_run_on_real_embeddings_reduces_the_loss(tmp_path, store, embeddings):
+    options = FineTuneOptions(epochs=3, batch_size=2, min_steps_per_epoch=4, learning_rate=2e-4)
+    tuner = FineTuner(store, tmp_path / "ft.pt", options=options, cache=embeddings)
+    tuner._encode(None)
+    items = tuner.dataset.slices
+    loss_fn = DiceCELoss(sigmoid=True)
+
+    def loss_now():
+        with torch.no_grad():
+            return float(batch_loss(tuner.model, loss_fn, tuner._embeddings(items),
+                                    prompt_boxes(items, 3, 0, None), items))
+
+    before = loss_now()
+    result = tuner.run()
+    after = loss_now()
+    print(f"loss on the annotated slices {before:.4f} -> {after:.4f}; epochs {result.history}")
+    assert after < before * 0.9
+    assert result.epochs_run == 3 and result.train_slices == 2 and result.val_slices == 0
+
+
+def test_checkpoint_round_trip_with_metadata(tmp_path, store, embeddings):
+    path = tmp_path / "ft.pt"
+    result = fine_tune(store, path, options=TINY, cache=embeddings)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["format"] == "medsegadapt-checkpoint" and checkpoint["version"] == 1
+    assert checkpoint["backbone"] == "litemedsam"
+    assert checkpoint["backbone_weights_sha256"] == load_backbone().spec.weights_sha256
+    assert checkpoint["training_set_version"] == store.training_set_version() == result.training_set_version
+    assert checkpoint["structures"] == [STRUCTURE]
+    assert checkpoint["epoch"] == 1 and checkpoint["metrics"]["history"][0]["epoch"] == 1
+    assert checkpoint["optimizer"]["state"]
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
+    loaded = load_backbone(checkpoint=path)
+    for key, value in checkpoint["model"].items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # the frozen encoder is the pretrained one; the decoder moved
+    pretrained = load_backbone()
+    assert torch.equal(loaded.state_dict()["image_encoder.patch_embed.seq.0.c.weight"],
+                       pretrained.state_dict()["image_encoder.patch_embed.seq.0.c.weight"])
+    assert not torch.equal(loaded.mask_decoder.output_upscaling[0].weight, pretrained.mask_decoder.output_upscaling[0].weight)
+    assert load_backbone(checkpoint=path, for_inference=True, encoder_runtime="torch").spec.name == "litemedsam"
+
+
+def test_checkpoint_of_mismatched_backbone_is_refused(tmp_path, store, embeddings):
+    path = tmp_path / "ft.pt"
+    fine_tune(store, path, options=TINY, cache=embeddings)
+    with pytest.raises(InputError, match=r"ft.pt was fine-tuned from backbone litemedsam .*not medsam"):
+        load_backbone("medsam", checkpoint=path)
+    with pytest.raises(InputError, match=r"ft.pt was fine-tuned from litemedsam weights with SHA-256 .* "
+                                         r"but the backbone weights here have SHA-256 000000000000"):
+        load_backbone(checkpoint=path, base_weights_sha256="0" * 64)
+    checkpoint = load_checkpoint(path)
+
+    lying = dict(checkpoint, backbone="sam_vit_b")
+    save_checkpoint(tmp_path / "lying.pt", lying)
+    with pytest.raises(InputError, match="says it was fine-tuned from sam_vit_b but holds litemedsam weights"):
+        load_backbone(checkpoint=tmp_path / "lying.pt")
+
+    other = dict(checkpoint, backbone_weights_sha256="f" * 64)
+    save_checkpoint(tmp_path / "other.pt", other)
+    with pytest.raises(InputError, match="other.pt was fine-tuned from litemedsam weights with SHA-256 ffffffffffff"):
+        FineTuner(store, tmp_path / "resumed.pt", checkpoint=packaged_litemedsam_weights(),
+                  resume=tmp_path / "other.pt")
+
+    newer = dict(checkpoint, version=2)
+    save_checkpoint(tmp_path / "newer.pt", newer)
+    with pytest.raises(InputError, match="version 2"):
+        load_backbone(checkpoint=tmp_path / "newer.pt")
+    torch.save(checkpoint["model"], tmp_path / "plain.pt")
+    with pytest.raises(InputError, match="not a MedSegAdapt fine-tuning checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, store, embeddings):
+    two = FineTuneOptions(epochs=2, batch_size=2, min_steps_per_epoch=2)
+    straight = fine_tune(store, tmp_path / "straight.pt", options=two, cache=embeddings)
+    fine_tune(store, tmp_path / "part.pt", options=TINY, cache=embeddings)  # "interrupted" after epoch 1
+    assert load_checkpoint(tmp_path / "part.pt")["epoch"] == 1
+    resumed = fine_tune(store, tmp_path / "part.pt", options=two, resume=tmp_path / "part.pt", cache=embeddings)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert load_checkpoint(tmp_path / "part.pt")["epoch"] == 2
+    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], rel=1e-4)
+    a, b = load_checkpoint(tmp_path / "straight.pt")["model"], load_checkpoint(tmp_path / "part.pt")["model"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+    # a finished run resumed with the same epochs has nothing left to do
+    again = fine_tune(store, tmp_path / "again.pt", options=two, resume=tmp_path / "part.pt", cache=embeddings)
+    assert len(again.history) == 2
+
+    # a changed training set is a new run, not a resume
+    volume_mask = np.zeros(store.case("CTChest4").geometry.shape, dtype=bool)
+    volume_mask[40:60, 40:60, 20] = True
+    store.submit_mask("CTChest4", "extra", volume_mask, "tester", annotated_slices={"k": [20]})
+    with pytest.raises(InputError, match="was trained on training set version .* resume only continues"):
+        FineTuner(store, tmp_path / "x.pt", resume=tmp_path / "part.pt")
+
+
+def test_validation_split_and_early_stopping(tmp_path, ctchest4, embeddings):
+    volume, reference = ctchest4
+    options = FineTuneOptions(epochs=5, batch_size=2, min_steps_per_epoch=1, learning_rate=1e-12,
+                              min_slices_for_validation=4, validation_fraction=0.5, patience=1)
+    with _store(tmp_path / "store", volume, reference.get(STRUCTURE).mask, slices=[14, 17, 20, 23]) as store:
+        result = fine_tune(store, tmp_path / "ft.pt", options=options, cache=embeddings)
+    assert (result.train_slices, result.val_slices) == (2, 2)
+    assert all(0.5 < r["val_dice"] <= 1 for r in result.history)
+    assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 1
+
+
+def test_finetune_parser_standalone():
+    parser = argparse.ArgumentParser(prog="medsegadapt")
+    add_finetune_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["finetune", "STORE", "-o", "ft.pt", "--device", "cpu", "--epochs", "3",
+                              "--resume", "old.pt", "--lr", "5e-5"])
+    assert (str(args.store), str(args.output), args.device, args.epochs, str(args.resume), args.lr) == \
+        ("STORE", "ft.pt", "cpu", 3, "old.pt", 5e-5)
+    assert args.func.__name__ == "run_finetune"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "STORE"])  # -o is required
+
+
+def test_finetune_command_runs_and_reports(tmp_path, store, capsys):
+    parser = argparse.ArgumentParser(prog="medsegadapt")
+    add_finetune_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["finetune", str(store.root), "-o", str(tmp_path / "ft.pt"), "--device", "cpu",
+                              "--epochs", "1", "--min-steps-per-epoch", "1", "--cache-dir", str(tmp_path / "cache")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1" in out and "2 training / 0 validation slices" in out and "wrote" in out
+    assert load_checkpoint(tmp_path / "ft.pt")["epoch"] == 1
+    options = dataclasses.asdict(TINY)
+    assert set(load_checkpoint(tmp_path / "ft.pt")["metrics"]["options"]) == set(options)
+
+
+@pytest.mark.slow
+def test_feedback_loop_improves_held_out_dice(tmp_path):
+    """Measured 2026 on CPU: left lung held-out Dice 0.810 -> 0.957 (3 annotated slices, 10 epochs)."""
+    from MedSegAdaptLib.loop_demo import run_feedback_loop
+
+    rows = run_feedback_loop(tmp_path, structures=["left lung"])
+    row = rows[0]
+    assert row["held_out_dice_after"] > row["held_out_dice_before"] + 0.05
+    assert row["dice_after"] > row["dice_before"]
+
+
+def test_segment_command_uses_the_finetuned_checkpoint(tmp_path, store, embeddings, ctchest4, capsys):
+    from MedSegAdaptLib.cli import main
+    from MedSegAdaptLib.inference import Box3D
+    from MedSegAdaptLib.io import read_segmentation
+
+    fine_tune(store, tmp_path / "ft.pt", options=TINY, cache=embeddings)
+    box = Box3D.around(ctchest4[1].get(STRUCTURE).mask, 2)
+    box = Box3D((box.lo[0], box.lo[1], 19), (box.hi[0], box.hi[1], 21))  # three slices keep it fast
+    image = store.case("CTChest4").image
+    output = tmp_path / "seg.seg.nrrd"
+    assert main(["segment", str(image), "-o", str(output), "--structure", STRUCTURE, "--box-ijk", str(box),
+                 "--checkpoint", str(tmp_path / "ft.pt"), "--device", "cpu"]) == 0
+    assert read_segmentation(output).get(STRUCTURE).mask[:, :, 19:22].any()
+    assert main(["segment", str(image), "-o", str(output), "--structure", STRUCTURE, "--box-ijk", str(box),
+                 "--checkpoint", str(tmp_path / "ft.pt"), "--backbone", "medsam"]) == 2
+    assert "fine-tuned from backbone litemedsam" in capsys.readouterr().err
