@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .store.cli import add_store_parser
+from .train.cli import add_finetune_parser
 
 AXES = {"i": 0, "j": 1, "k": 2}
 
@@ -59,10 +60,14 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="segment the bundled CTChest4 and print Dice/HD95 against its reference",
+        "demo", help="segment the bundled CTChest4, score it, then run the expert feedback loop",
         description="Segment right lung, left lung and thoracic vertebral column of the real CTChest4 volume "
-                    "shipped in slicerio, with 3D boxes from its reference segmentation, and score the result.")
+                    "shipped in slicerio, with 3D boxes from its reference segmentation, and score the result. "
+                    "Then the feedback loop: submit corrections of a few axial slices (taken from the reference, "
+                    "standing in for an expert) to a fresh fine-tuning store, fine-tune, segment again and "
+                    "print Dice before and after.")
     parser.add_argument("--output-dir", type=Path, default=Path("out/demo"), help="where results go (default: %(default)s)")
+    parser.add_argument("--no-feedback-loop", action="store_true", help="only segment and score (about a minute less)")
     _add_model_options(parser)
     parser.set_defaults(func=_run_demo)
 
@@ -74,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(subparsers)
     _add_demo_parser(subparsers)
     add_store_parser(subparsers)
+    add_finetune_parser(subparsers)
     return parser
 
 
-def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | None = None):
-    """Backbone and Segmenter from the shared model options."""
+def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | None = None, cache=None):
+    """Backbone and Segmenter from the shared model options; cache: an EmbeddingCache to share
+    (default: a new one, on disk under cache_dir when given)."""
     from .device import resolve_device
     from .inference import EmbeddingCache, Segmenter
     from .models import load_backbone
@@ -86,7 +93,8 @@ def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | No
     device = resolve_device(args.device)
     backbone = load_backbone(args.backbone, args.checkpoint, device, for_inference=True,
                              encoder_runtime=args.encoder_runtime)
-    return Segmenter(backbone, EmbeddingCache(cache_dir), axis=axis, precision=args.precision)
+    cache = cache if cache is not None else EmbeddingCache(cache_dir)
+    return Segmenter(backbone, cache, axis=axis, precision=args.precision)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -133,7 +141,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args, load_segmenter(args))
+    segmenter = load_segmenter(args)
+    run_demo(args, segmenter)
+    if not args.no_feedback_loop:
+        from .demo import run_demo_feedback_loop
+
+        run_demo_feedback_loop(args, segmenter, lambda checkpoint: load_segmenter(
+            argparse.Namespace(**{**vars(args), "checkpoint": checkpoint, "backbone": "auto"}), cache=segmenter.cache))
     return 0
 
 

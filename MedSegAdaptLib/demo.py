@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from .evaluation import compare_segmentations, format_table
 from .evaluation.overlay import render_slices
@@ -42,3 +44,25 @@ def run_demo(args: argparse.Namespace, segmenter: Segmenter) -> list[dict]:
     print(f"total {total:.1f} s for {len(DEMO_STRUCTURES)} structures; wrote {output} and {picture} "
           "(filled: prediction, white outline: reference)")
     return rows
+
+
+def run_demo_feedback_loop(args: argparse.Namespace, segmenter: Segmenter,
+                           load_finetuned: Callable[[Path], Segmenter]) -> list[dict]:
+    """The expert feedback loop (loop_demo) in a fresh folder under args.output_dir: `segmenter`
+    segments before, load_finetuned(checkpoint) after; both share the segmenter's embedding cache."""
+    from .loop_demo import LOOP_STRUCTURES, run_feedback_loop
+
+    folder = args.output_dir / "feedback_loop" / time.strftime("run-%Y%m%d-%H%M%S")
+    print(f"\nexpert feedback loop on {', '.join(LOOP_STRUCTURES)} in {folder}")
+    progress = TerminalProgress()
+
+    def log(text: str) -> None:
+        progress.close()
+        print(text, flush=True)
+
+    try:
+        return run_feedback_loop(folder, lambda checkpoint: segmenter if checkpoint is None else load_finetuned(checkpoint),
+                                 device=str(segmenter.backbone.device), checkpoint=args.checkpoint,
+                                 cache=segmenter.cache, progress=progress, log=log)
+    finally:
+        progress.close()

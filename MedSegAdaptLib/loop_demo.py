@@ -8,6 +8,7 @@ does) and compare Dice before and after, on the slices that were not annotated a
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,15 +30,21 @@ CASE_ID = "CTChest4"
 EXPERT = "reference segmentation (stand-in expert)"
 
 SegmenterFactory = Callable[[Path | None], Segmenter]
-"""segmenter_factory(checkpoint): a Segmenter on the pretrained weights (None) or a fine-tuned checkpoint."""
+"""segmenter_factory(checkpoint): a Segmenter on the starting weights (None) or a fine-tuned checkpoint."""
 
 
-def default_segmenter_factory(device: str = "cpu") -> SegmenterFactory:
-    """Segmenters as `segment` builds them: inference-optimised encoder, in-memory embedding cache."""
+def default_segmenter_factory(device: str = "cpu", cache: EmbeddingCache | None = None,
+                              base_checkpoint: Path | None = None) -> SegmenterFactory:
+    """Segmenters as `segment` builds them (inference-optimised encoder), sharing one embedding cache:
+    a fine-tuned checkpoint keeps the frozen encoder, so its embeddings are the pretrained ones.
+    factory(None) loads base_checkpoint (None: the packaged LiteMedSAM)."""
     from .models import load_backbone
 
+    cache = cache if cache is not None else EmbeddingCache()
+
     def factory(checkpoint: Path | None) -> Segmenter:
-        return Segmenter(load_backbone(checkpoint=checkpoint, device=device, for_inference=True), EmbeddingCache())
+        weights = checkpoint if checkpoint is not None else base_checkpoint
+        return Segmenter(load_backbone(checkpoint=weights, device=device, for_inference=True), cache)
 
     return factory
 
@@ -58,10 +65,14 @@ def _held_out_dice(pred: np.ndarray, truth: np.ndarray, annotated: list[int]) ->
 def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactory | None = None,
                       structures: Sequence[str] = LOOP_STRUCTURES, annotated_count: int = ANNOTATED_SLICES,
                       options: FineTuneOptions = FineTuneOptions(), device: str = "cpu",
+                      checkpoint: Path | None = None, cache: EmbeddingCache | None = None,
                       progress: ProgressCallback | None = None,
                       log: Callable[[str], None] | None = print) -> list[dict]:
-    """Run the loop in a fresh store under `output_dir`; one row per structure:
+    """Run the loop in a fresh store under `output_dir`.
 
+    segmenter_factory(None) must segment with the starting weights `checkpoint` (None: the packaged
+    LiteMedSAM), from which fine-tuning starts; cache: embeddings shared with fine-tuning.
+    Returns one row per structure, also written to `output_dir`/dice_before_after.json:
     {name, annotated_slices, dice_before, dice_after (whole volume), held_out_dice_before,
     held_out_dice_after (slices not annotated), ref_voxels}.
     """
@@ -70,7 +81,8 @@ def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactor
     log = log or (lambda text: None)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    factory = segmenter_factory or default_segmenter_factory(device)
+    cache = cache if cache is not None else EmbeddingCache()
+    factory = segmenter_factory or default_segmenter_factory(device, cache, checkpoint)
     volume = read_volume(ctchest4_volume_path())
     reference = read_segmentation(ctchest4_segmentation_path())
 
@@ -94,18 +106,19 @@ def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactor
             store.submit_mask(CASE_ID, name, truth, EXPERT, annotated_slices={"k": annotated[name]},
                               comment="reference masks on these slices stand in for an expert's correction")
         log("submitted corrections: " + "; ".join(f"{n} k:{','.join(map(str, s))}" for n, s in annotated.items()))
-        checkpoint = output_dir / "finetuned.pt"
+        finetuned = output_dir / "finetuned.pt"
         started = time.perf_counter()
-        result = fine_tune(store, checkpoint, device=device, options=options, progress=progress)
+        result = fine_tune(store, finetuned, checkpoint=checkpoint, device=device, options=options, cache=cache,
+                           progress=progress)
     finally:
         store.close()
     seconds = time.perf_counter() - started
     epoch_seconds = [record["seconds"] for record in result.history]
     log(f"fine-tuned on {result.train_slices} slices: {result.epochs_run} epochs in {seconds:.1f} s "
         f"({np.mean(epoch_seconds):.1f} s per epoch), loss {result.history[0]['train_loss']:.3f} -> "
-        f"{result.history[-1]['train_loss']:.3f}; wrote {checkpoint}")
+        f"{result.history[-1]['train_loss']:.3f}; wrote {finetuned}")
 
-    after_segmenter = factory(checkpoint)
+    after_segmenter = factory(finetuned)
     rows = []
     for name in structures:
         truth = reference.get(name).mask
@@ -121,6 +134,7 @@ def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactor
             "ref_voxels": int(truth.sum()),
         })
     log(format_table(rows))
+    (output_dir / "dice_before_after.json").write_text(json.dumps(rows, indent=2))
     return rows
 
 

@@ -56,7 +56,7 @@ class Segmenter:
 
     def encoder_for(self, volume: Volume, preset: IntensityPreset) -> SliceEncoder:
         """The (memoised) slice encoder of `volume` under `preset`."""
-        key = volume_key(self._checksum(volume), self.backbone.spec.weights_sha256, preset.key, self.axis)
+        key = volume_key(self._checksum(volume), self.backbone.spec.encoder_key, preset.key, self.axis)
         encoder = self._encoders.get(key)
         if encoder is None:
             encoder = SliceEncoder(self.backbone, self.cache, clip_intensities(volume.array, preset), key, self.axis,

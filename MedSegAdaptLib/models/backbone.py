@@ -20,6 +20,9 @@ class BackboneSpec:
     imagenet_normalization: SAM's own pixel mean/std on a 0-255 image; MedSAM and LiteMedSAM take
         the [0, 1] image as it is.
     weights_sha256: SHA-256 of the weight file; checkpoints of fine-tuned models record it.
+    encoder_weights_sha256: SHA-256 of the pretrained weights the image encoder comes from: a
+        fine-tuned checkpoint keeps its base model's frozen encoder, so its slice embeddings (and
+        ONNX export) are those of the base weights and are cached under that key. None: weights_sha256.
     point_prompts: whether the decoder was trained with point prompts (LiteMedSAM was trained with
         boxes only: a point alone gives it an empty mask).
     """
@@ -29,6 +32,12 @@ class BackboneSpec:
     imagenet_normalization: bool
     weights_sha256: str
     point_prompts: bool = True
+    encoder_weights_sha256: str | None = None
+
+    @property
+    def encoder_key(self) -> str:
+        """Identifies the image encoder's weights (cache key of embeddings and ONNX exports)."""
+        return self.encoder_weights_sha256 or self.weights_sha256
 
 
 _PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1) / 255.0

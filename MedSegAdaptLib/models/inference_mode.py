@@ -41,7 +41,7 @@ def optimize_encoder_for_inference(backbone: SamBackbone, runtime: str = "auto")
     if runtime == "onnx" or (runtime == "auto" and on_cpu):
         if not on_cpu:
             raise ValueError("the ONNX encoder runs on CPU only")
-        path = export_encoder(backbone.image_encoder, backbone.spec.image_size, backbone.spec.weights_sha256)
+        path = export_encoder(backbone.image_encoder, backbone.spec.image_size, backbone.spec.encoder_key)
         backbone.image_encoder = OnnxImageEncoder(path)
     else:
         backbone.image_encoder.to(memory_format=torch.channels_last)

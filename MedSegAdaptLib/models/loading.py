@@ -6,6 +6,7 @@ SAM ViT-B / MedSAM: built through `segment_anything.sam_model_registry` from a u
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from pathlib import Path
@@ -180,6 +181,8 @@ def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
         sam = sam_model_registry["vit_b"](checkpoint=None)
         image_encoder, prompt_encoder, mask_decoder = sam.image_encoder, sam.prompt_encoder, sam.mask_decoder
         spec = BackboneSpec(backbone, 1024, imagenet_normalization=backbone == "sam_vit_b", weights_sha256=sha256)
+    if metadata is not None:  # fine-tuned: the encoder stayed frozen at the base weights
+        spec = dataclasses.replace(spec, encoder_weights_sha256=metadata["backbone_weights_sha256"])
     model = SamBackbone(spec, image_encoder, prompt_encoder, mask_decoder)
     _load_strict(model, state, path, backbone)
     model = model.to(device).eval()

@@ -184,7 +184,7 @@ class FineTuner:
     def _encode(self, progress: ProgressCallback | None) -> int:
         """Encode the annotated slices through an inference-optimised copy of the frozen encoder."""
         encoder = copy.deepcopy(self.model).eval()
-        encoder.spec = dataclasses.replace(encoder.spec, weights_sha256=self.base_sha256)  # same frozen encoder
+        encoder.spec = dataclasses.replace(encoder.spec, encoder_weights_sha256=self.base_sha256)  # same frozen encoder
         encoder = optimize_encoder_for_inference(encoder, self.encoder_runtime if self.device.type == "cpu" else "torch")
         try:
             return self.dataset.encode(encoder, progress)
