@@ -28,13 +28,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "segment", help="segment one structure of a 3D image from a box and/or points",
+        "segment", help="segment one structure of a 3D image from a box, points, a report, or no prompt",
         description="Segment a structure slice by slice from a 3D box and/or points (Slicer IJK voxel "
-                    "indices), propagating from the middle slice outwards, and write a .seg.nrrd.")
+                    "indices), propagating from the middle slice outwards, and write a .seg.nrrd. A report "
+                    "or query (--report) names the structure and, with a checkpoint fine-tuned with MedSeg-R "
+                    "priors, steers the model with its location, texture and shape. Without box and points, "
+                    "a checkpoint fine-tuned prompt-free on the structure segments every slice.")
     parser.add_argument("image", type=Path, help="NRRD/NHDR, NIfTI, MHA/MHD file or a DICOM series folder")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .seg.nrrd")
-    parser.add_argument("--structure", required=True,
-                        help="segment name; also picks the CT intensity window (lung, bone, soft tissue, brain)")
+    parser.add_argument("--structure",
+                        help="segment name; also picks the CT intensity window (lung, bone, soft tissue, brain); "
+                             "default: the structure the report names")
+    report = parser.add_mutually_exclusive_group()
+    report.add_argument("--report", help="report text or query, e.g. 'Right upper lobe: 14 mm spiculated nodule'")
+    report.add_argument("--report-file", type=Path, help="a text file holding the report")
     parser.add_argument("--box-ijk", help="3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices)")
     parser.add_argument("--point-ijk", action="append", default=[],
                         help="point i,j,k[,label] with label 1 foreground (default) or 0 background; repeatable")
@@ -106,25 +113,47 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise InputError(f"output {args.output} must end with .seg.nrrd")
     box = Box3D.parse(args.box_ijk) if args.box_ijk else None
     points = [Point3D.parse(text) for text in args.point_ijk]
-    if box is None and not points:
-        raise InputError(f"structure {args.structure!r} needs a prompt: give --box-ijk or --point-ijk "
-                         "(prompt-free segmentation needs a checkpoint fine-tuned on that structure)")
+    report = _read_report(args)
+    if args.structure is None and report is None:
+        raise InputError("give --structure NAME, or a --report / --report-file that names the structure")
     volume = read_volume(args.image)
     segmenter = load_segmenter(args, AXES[args.axis], args.cache_dir)
     segmenter.options = PropagationOptions(largest_component=args.largest_component)
     progress = TerminalProgress()
     try:
-        outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress)
+        outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report)
     finally:
         progress.close()
     print(f"modality: {outcome.modality} ({outcome.modality_reason}); intensity preset: {outcome.preset.key}")
-    segmentation = Segmentation(volume.geometry, [Segment(args.structure, outcome.mask)])
+    name = args.structure or outcome.report.structure
+    if outcome.report is not None:
+        _print_report(outcome.report, segmenter.backbone.priors is not None)
+    segmentation = Segmentation(volume.geometry, [Segment(name, outcome.mask)])
     write_segmentation(args.output, segmentation)
     slices = sorted(outcome.propagation.slice_iou)
-    print(f"{args.structure}: {int(outcome.mask.sum())} voxels on {int(outcome.mask.any(axis=tuple(a for a in range(3) if a != AXES[args.axis])).sum())} "
+    print(f"{name}: {int(outcome.mask.sum())} voxels on {int(outcome.mask.any(axis=tuple(a for a in range(3) if a != AXES[args.axis])).sum())} "
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
     print(f"wrote {args.output}")
     return 0
+
+
+def _read_report(args: argparse.Namespace) -> str | None:
+    if args.report_file is None:
+        return args.report
+    try:
+        return args.report_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"report file {args.report_file} could not be read as UTF-8 text ({error})") from error
+
+
+def _print_report(report, steers: bool) -> None:
+    """What the report was understood to say, where each part came from, and whether it is used."""
+    print(f"report: structure {report.structure!r} (knowledge base {report.knowledge_base_version})")
+    for attribute in ("location", "texture", "shape"):
+        print(f"  {attribute} [{report.sources[attribute]}]: {getattr(report, attribute)}")
+    if not steers:
+        print("  (this checkpoint has no trained MedSeg-R priors: the report only names the structure; "
+              "fine-tune with `medsegadapt finetune --priors all` for priors that steer the model)")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..io.modality import detect_modality
 from ..io.volume import Volume
 from ..models.backbone import SamBackbone
+from ..priors.guidance import PriorGuidance
+from ..priors.report_parser import ParsedReport
 from .embedding_cache import EmbeddingCache, volume_key
 from .encoder import ProgressCallback, SliceEncoder
 from .preprocess import IntensityPreset, clip_intensities, preset_for
@@ -27,6 +30,8 @@ class SegmentationOutcome:
     propagation: PropagationResult
     seconds: float
     slices_encoded: int
+    report: ParsedReport | None = None
+    """The parsed report or query, when one was given or the backbone has MedSeg-R priors."""
 
 
 class Segmenter:
@@ -45,6 +50,7 @@ class Segmenter:
         self.precision = precision
         self.options = options
         self._encoders: dict[str, SliceEncoder] = {}
+        self._guidance: PriorGuidance | None = None
         self._checksums: dict[int, tuple[Volume, str]] = {}
 
     def _checksum(self, volume: Volume) -> str:
@@ -64,22 +70,52 @@ class Segmenter:
             self._encoders[key] = encoder
         return encoder
 
-    def segment(self, volume: Volume, structure: str, box: Box3D | None = None,
+    @property
+    def guidance(self) -> PriorGuidance:
+        """Knowledge base and (loaded on first use) text encoder for reports and priors."""
+        if self._guidance is None:
+            self._guidance = PriorGuidance()
+        return self._guidance
+
+    def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,
                 points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
-                progress: ProgressCallback | None = None) -> SegmentationOutcome:
-        """Segment `structure` in `volume` from a 3D box and/or points (IJK).
+                progress: ProgressCallback | None = None, report: str | None = None) -> SegmentationOutcome:
+        """Segment `structure` in `volume` from a 3D box and/or points (IJK), or without a prompt
+        when the backbone was fine-tuned prompt-free on that structure.
 
         modality: 'auto' (from the file's Modality tag, else intensities), 'ct' or 'mr'; with the
-        structure name it picks the intensity preset.
+        structure name it picks the intensity preset. report: free text (a report or query) parsed
+        against the knowledge base; it names the structure when `structure` is None, and with a
+        backbone that has MedSeg-R priors its location, texture and shape texts steer the decoder
+        (without a report, the knowledge base's description of the structure does).
         """
         started = time.perf_counter()
         if modality == "auto":
             modality, reason = detect_modality(volume.array, volume.modality_hint)
         else:
             reason = "given by the user"
+        parsed = tokens = None
+        if report is not None or self.backbone.priors is not None:
+            if report is None and structure is None:
+                raise InputError("segmentation needs a structure name or a report")
+            parsed = self.guidance.parse(report if report is not None else structure, modality, structure)
+            structure = structure or parsed.structure
+        if self.backbone.priors is not None:
+            self.guidance.check(self.backbone)
+            tokens = self.guidance.tokens(parsed)
         preset = preset_for(structure, modality)
         encoder = self.encoder_for(volume, preset)
         encoded_before = encoder.encoded_count
-        propagation = VolumePropagator(encoder, self.options).run(box, points, progress)
+        propagator = VolumePropagator(encoder, self.options, tokens)
+        if box is None and not points:
+            known = self.backbone.prompt_free_structures
+            if structure not in known and (parsed is None or parsed.structure not in known):
+                raise InputError(
+                    f"structure {structure!r} needs a prompt: give a box or points (prompt-free segmentation "
+                    "works for the structures a checkpoint was fine-tuned on with --prompt none or mixed"
+                    + (f": {', '.join(known)})" if known else "; this model has none)"))
+            propagation = propagator.run_without_prompt(progress)
+        else:
+            propagation = propagator.run(box, points, progress)
         return SegmentationOutcome(propagation.mask, modality, reason, preset, propagation,
-                                   time.perf_counter() - started, encoder.encoded_count - encoded_before)
+                                   time.perf_counter() - started, encoder.encoded_count - encoded_before, parsed)

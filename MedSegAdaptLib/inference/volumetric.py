@@ -21,6 +21,7 @@ from skimage.segmentation import flood
 
 from ..errors import InputError
 from .encoder import ProgressCallback, SliceEncoder
+from ..priors.modules import AttributeTokens
 from .preprocess import logits_to_slice, slice_scale
 from .prompts import Box3D, Point3D, in_plane_axes, mask_rect, put_slice, take_slices
 
@@ -78,9 +79,12 @@ def _clip_rect(rect: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 class VolumePropagator:
     """Runs the decoder slice by slice over cached embeddings of one prepared volume."""
 
-    def __init__(self, encoder: SliceEncoder, options: PropagationOptions = PropagationOptions()) -> None:
+    def __init__(self, encoder: SliceEncoder, options: PropagationOptions = PropagationOptions(),
+                 prior_tokens: AttributeTokens | None = None) -> None:
+        """prior_tokens: MedSeg-R attribute tokens for a backbone with priors (see MedSegAdaptLib.priors)."""
         self.encoder = encoder
         self.options = options
+        self.prior_tokens = prior_tokens
         self.axis = encoder.axis
         self.shape = encoder.clipped.shape
         x_axis, y_axis = in_plane_axes(self.axis)
@@ -97,7 +101,8 @@ class VolumePropagator:
         if points:
             coords = torch.tensor([[p.xy(self.axis) for p in points]], dtype=torch.float32, device=device) * self.scale
             labels = torch.tensor([[p.label for p in points]], dtype=torch.int64, device=device)
-        logits, iou = backbone.decode(self.encoder.embedding(index), boxes=boxes, points=coords, point_labels=labels)
+        logits, iou = backbone.decode(self.encoder.embedding(index), boxes=boxes, points=coords, point_labels=labels,
+                                      prior_tokens=self.prior_tokens)
         mask = logits_to_slice(logits, self.height, self.width, backbone.spec.image_size)[0] > 0
         return mask.cpu().numpy(), float(iou[0, 0])
 
@@ -110,6 +115,23 @@ class VolumePropagator:
             x, y = seed.xy(self.axis)
             region |= flood(image, (y, x), tolerance=tolerance)
         return _grow_rect(mask_rect(region), self.options.margin)
+
+    def run_without_prompt(self, progress: ProgressCallback | None = None) -> PropagationResult:
+        """Prompt-free segmentation (a decoder fine-tuned for it): every slice decoded without a
+        prompt, masks under min_area dropped, then the largest 3D connected component kept."""
+        count = self.shape[self.axis]
+        result = PropagationResult(np.zeros(self.shape, dtype=bool), count // 2)
+        for index in range(count):
+            self.encoder.ensure([index], progress)
+            mask, iou = self.predict_slice(index, None, [])
+            result.slice_iou[index] = iou
+            if mask.sum() >= self.options.min_area:
+                put_slice(result.mask, self.axis, index, mask)
+            if progress is not None:
+                progress("decoding without prompt", index + 1, count)
+        result.mask = largest_component(result.mask)
+        result.stopped_because["all"] = "every slice decoded without a prompt"
+        return result
 
     def run(self, box: Box3D | None = None, points: tuple[Point3D, ...] | list[Point3D] = (),
             progress: ProgressCallback | None = None) -> PropagationResult:

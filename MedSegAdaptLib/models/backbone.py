@@ -54,6 +54,9 @@ class SamBackbone(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        self.priors: nn.Module | None = None  # MedSeg-R prior modules, attached by MedSegAdaptLib.priors
+        self.prior_metadata: dict | None = None  # priors used, text encoder and knowledge base they were trained with
+        self.prompt_free_structures: tuple[str, ...] = ()  # fine-tuned to segment these without a prompt
 
     @property
     def device(self) -> torch.device:
@@ -75,16 +78,19 @@ class SamBackbone(nn.Module):
         boxes: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
+        prior_tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask logits for one prompt per embedding.
+        """Mask logits for one prompt (or none) per embedding.
 
         embeddings: (B, 256, 64, 64); boxes: (B, 4) x0, y0, x1, y1 in encoder-input pixels;
         points: (B, N, 2) x, y in encoder-input pixels; point_labels: (B, N), 1 foreground,
-        0 background. Returns logits (B, 1, 256, 256) over the padded encoder input and the
-        predicted IoU (B, 1).
+        0 background. Neither boxes nor points: SAM's prompt-free decoding, meaningful only for a
+        decoder fine-tuned that way. prior_tokens: MedSeg-R attribute tokens (see
+        MedSegAdaptLib.priors); with `self.priors` set they modulate the embeddings first.
+        Returns logits (B, 1, 256, 256) over the padded encoder input and the predicted IoU (B, 1).
         """
-        if boxes is None and points is None:
-            raise ValueError("decode needs a box or points")
+        if self.priors is not None and prior_tokens is not None:
+            embeddings = self.priors(embeddings, prior_tokens)
         sparse, dense = self.prompt_encoder(
             points=None if points is None else (points, point_labels),
             boxes=None if boxes is None else boxes[:, None, :],

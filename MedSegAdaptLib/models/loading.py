@@ -141,6 +141,18 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
                          f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
+def _apply_finetuning_metadata(model: SamBackbone, metadata: dict) -> None:
+    """Attach MedSeg-R priors when the checkpoint was trained with them; note its prompt-free structures."""
+    model.prior_metadata = metadata.get("priors")
+    if model.prior_metadata:
+        from ..priors.guidance import attach_priors  # the priors import transformers: only when needed
+
+        attach_priors(model, model.prior_metadata["use"])
+    prompt = metadata.get("metrics", {}).get("options", {}).get("prompt", "box")
+    if prompt in ("none", "mixed"):
+        model.prompt_free_structures = tuple(metadata.get("structures", ()))
+
+
 def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
                   device: str | torch.device = "cpu", for_inference: bool = False,
                   encoder_runtime: str = "auto", base_weights_sha256: str | None = None) -> SamBackbone:
@@ -184,6 +196,8 @@ def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
     if metadata is not None:  # fine-tuned: the encoder stayed frozen at the base weights
         spec = dataclasses.replace(spec, encoder_weights_sha256=metadata["backbone_weights_sha256"])
     model = SamBackbone(spec, image_encoder, prompt_encoder, mask_decoder)
+    if metadata is not None:
+        _apply_finetuning_metadata(model, metadata)
     _load_strict(model, state, path, backbone)
     model = model.to(device).eval()
     return optimize_encoder_for_inference(model, encoder_runtime) if for_inference else model

@@ -9,6 +9,8 @@ Keys:
 - ``training_set_version`` of the store's training view it was trained on, ``structures``;
 - ``metrics``: best_epoch, best_val_dice (None without validation), history (per epoch: train_loss,
   val_dice, seconds), train_slices, val_slices, options;
+- ``priors``: for MedSeg-R checkpoints, the priors used (``use``), the text encoder's identity and
+  the knowledge-base version they were trained with (load_backbone re-attaches the priors); else None;
 - ``model``: the full backbone state dict (unfused) of the best epoch so far, what `segment
   --checkpoint` uses;
 - ``optimizer``, ``epoch`` (epochs completed), ``last_trainable`` (the trainable parts' state after
@@ -30,7 +32,8 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "make_c
 
 def make_checkpoint(*, backbone: str, backbone_weights_sha256: str, training_set_version: str,
                     structures: list[str], metrics: dict, model: dict, optimizer: dict, epoch: int,
-                    last_trainable: dict | None = None, stopping: dict | None = None) -> dict:
+                    last_trainable: dict | None = None, stopping: dict | None = None,
+                    priors: dict | None = None) -> dict:
     """The checkpoint dict (see the module docstring)."""
     return {
         "format": CHECKPOINT_FORMAT,
@@ -45,6 +48,7 @@ def make_checkpoint(*, backbone: str, backbone_weights_sha256: str, training_set
         "epoch": epoch,
         "last_trainable": last_trainable,
         "stopping": stopping or {},
+        "priors": priors,
     }
 
 

@@ -45,9 +45,27 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="epochs without validation improvement before stopping (default: %(default)s)")
     parser.add_argument("--train-prompt-encoder", action="store_true", help="also train the prompt encoder")
+    parser.add_argument("--priors", default="",
+                        help="MedSeg-R priors to train: 'all' or some of location,texture,shape,semantic "
+                             "(comma-separated); the texts come from the knowledge base's description of each "
+                             "structure (default: none, the mask decoder alone)")
+    parser.add_argument("--freeze-decoder", action="store_true", help="with --priors, train only the priors")
+    parser.add_argument("--prompt", default=defaults.prompt, choices=("box", "none", "mixed"),
+                        help="training prompts: box, none (for prompt-free segmentation) or mixed, half each "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.set_defaults(func=run_finetune)
     return parser
+
+
+def parse_priors(text: str) -> tuple[str, ...]:
+    """'all', '' or a comma-separated subset of the priors -> the tuple of prior names."""
+    from .options import PRIORS
+
+    text = text.strip().lower()
+    if text == "all":
+        return PRIORS
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -61,7 +79,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     options = FineTuneOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                               min_steps_per_epoch=args.min_steps_per_epoch, patience=args.patience,
-                              train_prompt_encoder=args.train_prompt_encoder, seed=args.seed)
+                              train_prompt_encoder=args.train_prompt_encoder, seed=args.seed,
+                              priors=parse_priors(args.priors), train_decoder=not args.freeze_decoder,
+                              prompt=args.prompt)
     device = resolve_device(args.device)
     progress = TerminalProgress()
 

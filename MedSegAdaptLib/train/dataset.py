@@ -47,6 +47,7 @@ class TrainingSlice:
     mask: np.ndarray
     rect: np.ndarray
     scale: float | None = None  # set by SliceDataset.encode from the backbone's input size
+    modality: str = "ct"
 
     @property
     def name(self) -> str:
@@ -104,7 +105,7 @@ class SliceDataset:
                         continue
                     job.indices.add(int(index))
                     self.slices.append(TrainingSlice(row.case_id, row.structure, axis, int(index), key,
-                                                     np.ascontiguousarray(mask), mask_rect(mask)))
+                                                     np.ascontiguousarray(mask), mask_rect(mask), modality=modality))
         if not self.slices:
             raise InputError("the training view's annotated slices hold no foreground "
                              f"(at least {MIN_AREA} voxels per slice needed for a box prompt)")

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 
+PRIORS = ("location", "texture", "shape", "semantic")  # as MedSegAdaptLib.priors.modules.PRIORS (no torch here)
+PROMPTS = ("box", "none", "mixed")
+
 
 @dataclass(frozen=True)
 class FineTuneOptions:
@@ -12,7 +15,10 @@ class FineTuneOptions:
     optimizer steps, so a handful of slices still gets a useful number of steps per epoch.
     box_margin / box_jitter: pixels added around a slice's mask box / random per-side change in
     [-box_jitter, box_jitter]. validation_fraction, min_slices_for_validation, patience: see
-    MedSegAdaptLib.train.trainer."""
+    MedSegAdaptLib.train.trainer.
+    priors: MedSeg-R priors to train (a subset of location, texture, shape, semantic; empty: none).
+    train_decoder: whether the mask decoder learns too. prompt: what each training slice is prompted
+    with: 'box', 'none' (prompt-free segmentation) or 'mixed' (box or none, half each)."""
 
     epochs: int = 10
     batch_size: int = 2
@@ -27,8 +33,19 @@ class FineTuneOptions:
     min_slices_for_validation: int = 10
     patience: int = 3
     seed: int = 0
+    priors: tuple[str, ...] = ()
+    train_decoder: bool = True
+    prompt: str = "box"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "priors", tuple(self.priors))
+        unknown = sorted(set(self.priors) - set(PRIORS))
+        if unknown:
+            raise InputError(f"unknown priors {', '.join(unknown)}; expected some of {', '.join(PRIORS)}")
+        if self.prompt not in PROMPTS:
+            raise InputError(f"prompt {self.prompt!r}: expected one of {', '.join(PROMPTS)}")
+        if not self.priors and not self.train_decoder:
+            raise InputError("nothing to train: give priors, or let the mask decoder train")
         for name in ("epochs", "batch_size", "min_steps_per_epoch", "patience"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")

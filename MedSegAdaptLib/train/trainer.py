@@ -29,7 +29,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,8 @@ from ..models import load_backbone
 from ..models.backbone import SamBackbone
 from ..models.inference_mode import optimize_encoder_for_inference
 from ..models.loading import file_sha256, read_checkpoint
+from ..priors.guidance import PriorGuidance, attach_priors
+from ..priors.modules import AttributeTokens
 from ..store.store import FineTuningStore
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .dataset import SliceDataset, TrainingSlice
@@ -93,25 +95,39 @@ def prompt_boxes(items: list[TrainingSlice], margin: int, jitter: int,
     return torch.from_numpy(np.stack(boxes).astype(np.float32))
 
 
-def slice_logits(model: SamBackbone, embeddings: torch.Tensor, boxes: torch.Tensor,
-                 items: list[TrainingSlice]) -> list[torch.Tensor]:
-    """(H, W) logits on each slice's grid. One decode per slice: segment-anything's MaskDecoder
-    repeats the image embedding per prompt, so it cannot pair B embeddings with B boxes."""
+def slice_logits(model: SamBackbone, embeddings: torch.Tensor, boxes: list[torch.Tensor | None],
+                 items: list[TrainingSlice], tokens: Mapping[str, AttributeTokens] | None = None) -> list[torch.Tensor]:
+    """(H, W) logits on each slice's grid; boxes: per slice a (4,) box or None (prompt-free);
+    tokens: structure -> MedSeg-R attribute tokens (for a model with priors). One decode per slice:
+    segment-anything's MaskDecoder repeats the image embedding per prompt, so it cannot pair B
+    embeddings with B boxes."""
     size = model.spec.image_size
     out = []
     for embedding, box, item in zip(embeddings, boxes, items):
-        logits, _ = model.decode(embedding[None], boxes=box[None])
+        logits, _ = model.decode(embedding[None], boxes=None if box is None else box[None],
+                                 prior_tokens=None if tokens is None else tokens[item.structure])
         out.append(logits_to_slice(logits, *item.mask.shape, size)[0])
     return out
 
 
-def batch_loss(model: SamBackbone, loss_fn: torch.nn.Module, embeddings: torch.Tensor, boxes: torch.Tensor,
-               items: list[TrainingSlice]) -> torch.Tensor:
-    """Mean DiceCE loss over the slices of a batch; embeddings (B, 256, 64, 64), boxes (B, 4)."""
+def batch_loss(model: SamBackbone, loss_fn: torch.nn.Module, embeddings: torch.Tensor,
+               boxes: list[torch.Tensor | None], items: list[TrainingSlice],
+               tokens: Mapping[str, AttributeTokens] | None = None) -> torch.Tensor:
+    """Mean DiceCE loss over the slices of a batch; embeddings (B, 256, 64, 64), boxes B of (4,) or None."""
     device = embeddings.device
     losses = [loss_fn(logits[None, None], torch.from_numpy(item.mask).to(device, torch.float32)[None, None])
-              for logits, item in zip(slice_logits(model, embeddings, boxes, items), items)]
+              for logits, item in zip(slice_logits(model, embeddings, boxes, items, tokens), items)]
     return torch.stack(losses).mean()
+
+
+def choose_prompts(boxes: torch.Tensor, prompt: str, rng: np.random.Generator | None) -> list[torch.Tensor | None]:
+    """Per slice its box, or None (prompt-free): all boxes for 'box', none for 'none', and for
+    'mixed' each slice's box kept with probability 1/2 (always kept without an rng)."""
+    if prompt == "none":
+        return [None] * len(boxes)
+    if prompt == "mixed" and rng is not None:
+        return [box if keep else None for box, keep in zip(boxes, rng.random(len(boxes)) < 0.5)]
+    return list(boxes)
 
 
 def _dice(pred: torch.Tensor, target: np.ndarray) -> float:
@@ -121,7 +137,8 @@ def _dice(pred: torch.Tensor, target: np.ndarray) -> float:
 
 
 def _trainable_prefixes(options: FineTuneOptions) -> tuple[str, ...]:
-    return ("mask_decoder.", "prompt_encoder.") if options.train_prompt_encoder else ("mask_decoder.",)
+    return (("mask_decoder.",) * options.train_decoder + ("prompt_encoder.",) * options.train_prompt_encoder
+            + ("priors.",) * bool(options.priors))
 
 
 def _trainable_state(model: SamBackbone, options: FineTuneOptions) -> dict[str, torch.Tensor]:
@@ -166,6 +183,7 @@ class FineTuner:
                     "run on the same training set (start a new run with --checkpoint instead)")
             saved = dict(self.resumed["metrics"].get("options", {}))
             saved["betas"] = tuple(saved.get("betas", options.betas))
+            saved["priors"] = tuple(saved.get("priors", ()))
             options = dataclasses.replace(FineTuneOptions(**saved), epochs=options.epochs)
             self.model = load_backbone(backbone, resume, self.device,
                                        base_weights_sha256=_base_weights_sha256(checkpoint))
@@ -176,7 +194,14 @@ class FineTuner:
             self.model = load_backbone(backbone, checkpoint, self.device)
             self.base_sha256 = _base_weights_sha256(checkpoint) if checkpoint is not None \
                 else self.model.spec.weights_sha256
+            if self.model.priors is not None:  # continuing a MedSeg-R checkpoint: its priors keep training
+                options = dataclasses.replace(options, priors=tuple(self.model.priors.use))
+            elif options.priors:
+                attach_priors(self.model, options.priors)
         self.options = options
+        self.guidance = PriorGuidance() if self.model.priors is not None else None
+        if self.guidance is not None:
+            self.guidance.check(self.model)
         self.encoder_runtime = encoder_runtime
         self.dataset = SliceDataset(self.rows, self.base_sha256, cache)
         self.train_index, self.val_index = split_validation(len(self.dataset), options)
@@ -191,6 +216,14 @@ class FineTuner:
         finally:
             del encoder
 
+    def _prior_tokens(self) -> dict[str, AttributeTokens] | None:
+        """structure -> attribute tokens of its knowledge-base description (None without priors)."""
+        if self.guidance is None:
+            return None
+        modality = {item.structure: item.modality for item in self.dataset.slices}
+        return {name: self.guidance.tokens(self.guidance.parse(name, modality[name], structure=name))
+                for name in sorted(modality)}
+
     def _embeddings(self, items: list[TrainingSlice]) -> torch.Tensor:
         return torch.stack([self.dataset.embedding(item) for item in items]).to(self.device, torch.float32)
 
@@ -200,11 +233,13 @@ class FineTuner:
         if not self.val_index:
             return None
         self.model.eval()
+        tokens = self._prior_tokens()
         scores = []
         for start in range(0, len(self.val_index), 8):
             items = [self.dataset.slices[i] for i in self.val_index[start:start + 8]]
-            boxes = prompt_boxes(items, self.options.box_margin, 0, None).to(self.device)
-            for logits, item in zip(slice_logits(self.model, self._embeddings(items), boxes, items), items):
+            boxes = choose_prompts(prompt_boxes(items, self.options.box_margin, 0, None).to(self.device),
+                                   self.options.prompt, None)
+            for logits, item in zip(slice_logits(self.model, self._embeddings(items), boxes, items, tokens), items):
                 scores.append(_dice(logits > 0, item.mask))
         return float(np.mean(scores))
 
@@ -221,6 +256,7 @@ class FineTuner:
         optimizer = torch.optim.AdamW(parameters, lr=opts.learning_rate, betas=opts.betas,
                                       weight_decay=opts.weight_decay)
         loss_fn = DiceCELoss(sigmoid=True)
+        tokens = self._prior_tokens()
 
         history: list[dict] = []
         start_epoch, best_epoch, best_dice, stale, stopped = 0, 0, None, 0, False
@@ -242,13 +278,16 @@ class FineTuner:
             rng = np.random.default_rng([opts.seed, epoch])
             order = np.concatenate([rng.permutation(self.train_index)
                                     for _ in range(math.ceil(steps * opts.batch_size / len(self.train_index)))])
-            model.mask_decoder.train()
+            model.mask_decoder.train(opts.train_decoder)
             model.prompt_encoder.train(opts.train_prompt_encoder)
+            if model.priors is not None:
+                model.priors.train()
             losses = []
             for step in range(steps):
                 items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
-                boxes = prompt_boxes(items, opts.box_margin, opts.box_jitter, rng).to(self.device)
-                loss = batch_loss(model, loss_fn, self._embeddings(items), boxes, items)
+                boxes = choose_prompts(prompt_boxes(items, opts.box_margin, opts.box_jitter, rng).to(self.device),
+                                       opts.prompt, rng)
+                loss = batch_loss(model, loss_fn, self._embeddings(items), boxes, items, tokens)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -284,7 +323,7 @@ class FineTuner:
         full = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         full.update(best_state)
         options = dataclasses.asdict(self.options)
-        options["betas"] = list(options["betas"])
+        options["betas"], options["priors"] = list(options["betas"]), list(options["priors"])
         metrics = {"best_epoch": best_epoch, "best_val_dice": best_dice, "history": history,
                    "train_slices": len(self.train_index), "val_slices": len(self.val_index),
                    "slices_encoded": encoded, "options": options}
@@ -292,7 +331,8 @@ class FineTuner:
             backbone=self.model.spec.name, backbone_weights_sha256=self.base_sha256,
             training_set_version=self.training_set_version, structures=self.dataset.structures,
             metrics=metrics, model=full, optimizer=optimizer.state_dict(), epoch=epoch,
-            last_trainable=_trainable_state(self.model, self.options), stopping=stopping))
+            last_trainable=_trainable_state(self.model, self.options), stopping=stopping,
+            priors=None if self.guidance is None else self.guidance.metadata(self.options.priors)))
 
 
 def fine_tune(store: FineTuningStore, output: str | Path, *, backbone: str = "auto",
