@@ -82,6 +82,7 @@ class MedSegAdaptParameterNode:
     points: slicer.vtkMRMLMarkupsFiducialNode
     backgroundPoints: slicer.vtkMRMLMarkupsFiducialNode
     structure: str = "right lung"
+    report: str = ""
     device: Annotated[str, Choice(DEVICES)] = "auto"
     storePath: str = ""
     caseId: str = ""
@@ -243,6 +244,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshHistoryButton.connect("clicked(bool)", self.onRefreshHistory)
         self.ui.checkDependenciesButton.connect("clicked(bool)", self.onCheckDependencies)
         self.ui.structureComboBox.connect("currentTextChanged(QString)", self.onStructureChanged)
+        self.ui.reportTextEdit.connect("textChanged()", self.onReportChanged)
         self.ui.storePathLineEdit.connect("currentPathChanged(QString)", self.onStorePathChanged)
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
@@ -311,6 +313,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self.ui.structureComboBox.currentText = self._parameterNode.structure
+            self.ui.reportTextEdit.setPlainText(self._parameterNode.report)
             self.ui.storePathLineEdit.currentPath = self._parameterNode.storePath
             self.onSegmentationChanged(self._parameterNode.segmentation)
             self._checkCanApply()
@@ -324,11 +327,14 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = True
         else:
             self.ui.applyButton.text = "Apply"
-            ready = bool(node and node.inputVolume and node.segmentation and (node.roi or node.points)
-                         and self.ui.structureComboBox.currentText.strip())
+            prompt_free = bool(self.ui.checkpointPathLineEdit.currentPath)  # a fine-tuned checkpoint may need none
+            ready = bool(node and node.inputVolume and node.segmentation and (node.roi or node.points or prompt_free)
+                         and (self.ui.structureComboBox.currentText.strip()
+                              or self.ui.reportTextEdit.toPlainText().strip()))
             self.ui.applyButton.enabled = ready
             self.ui.applyButton.toolTip = ("Segment the structure." if ready else
-                                           "Select a volume, a segmentation, a structure and an ROI or points.")
+                                           "Select a volume, a segmentation, a structure (or a report) and an ROI "
+                                           "or points.")
         self.ui.submitCorrectionButton.enabled = bool(
             not running and node and node.inputVolume and node.segmentation and node.storePath
             and node.caseId and node.annotator and self.ui.correctionSegmentComboBox.currentText
@@ -337,6 +343,11 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStructureChanged(self, text):
         if self._parameterNode:
             self._parameterNode.structure = text
+
+    def onReportChanged(self):
+        if self._parameterNode:
+            self._parameterNode.report = self.ui.reportTextEdit.toPlainText()
+        self._checkCanApply()
 
     def onStorePathChanged(self, path):
         if self._parameterNode:
@@ -408,7 +419,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             # Scene reading happens here, on the main thread.
             request = core.prepare(node.inputVolume, self.ui.structureComboBox.currentText, node.roi,
-                                   node.points, node.backgroundPoints)
+                                   node.points, node.backgroundPoints,
+                                   report=self.ui.reportTextEdit.toPlainText())
         except Exception as error:
             self._showError("Cannot segment", error)
             return
@@ -416,10 +428,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._worker = _logic_base().Worker()
         self._jobContext = (request, node.inputVolume, node.segmentation)
         self._job = self._worker.submit(lambda progress: core.run_model(request, progress),
-                                        f"segmenting {request.structure}")
+                                        f"segmenting {request.structure or 'the structure the report names'}")
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.format = "Loading model"
-        self.ui.statusLabel.text = f"Segmenting {request.structure}..."
+        self.ui.statusLabel.text = f"Segmenting {request.structure or 'the structure the report names'}..."
         self._checkCanApply()
         self._timer.start()
 
@@ -447,7 +459,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.format = "Done"
                 self.ui.progressBar.setValue(self.ui.progressBar.maximum)
                 self.ui.statusLabel.text = (
-                    f"{request.structure}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
+                    f"{request.structure or outcome.report.structure}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
                     f"({outcome.slices_encoded} slices encoded, {outcome.modality}: {outcome.modality_reason})."
                 )
                 self.ui.correctionSegmentComboBox.currentText = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()

@@ -446,6 +446,7 @@ class SegmentationRequest:
     box: Box3D | None = None
     points: list[Point3D] = field(default_factory=list)
     modality: str = "auto"
+    report: str | None = None
 
 
 class MedSegAdaptLogic:
@@ -506,26 +507,34 @@ class MedSegAdaptLogic:
     # segmentation in three steps (main thread, any thread, main thread)
 
     def prepare(self, volume_node, structure: str, roi_node=None, points_node=None,
-                background_points_node=None, modality: str = "auto") -> SegmentationRequest:
-        """Read the inputs out of the scene. Main thread."""
+                background_points_node=None, modality: str = "auto", report: str | None = None) -> SegmentationRequest:
+        """Read the inputs out of the scene. Main thread.
+
+        report: free text that names the structure when ``structure`` is empty and, with a checkpoint
+        fine-tuned with MedSeg-R priors, steers the model. Without ROI and points, only a fine-tuned
+        checkpoint can segment (prompt-free, for the structures it was trained on).
+        """
         if volume_node is None:
             raise InputError("No input volume selected; expected a scalar volume")
         structure = (structure or "").strip()
-        if not structure:
-            raise InputError("No structure given; expected a structure name such as 'right lung'")
+        report = (report or "").strip() or None
+        if not structure and report is None:
+            raise InputError("No structure given; expected a structure name such as 'right lung', or a report")
         volume = volume_from_node(volume_node)
         box = box_from_roi(roi_node, volume_node) if roi_node is not None else None
         points = points_from_node(points_node, volume_node, 1) if points_node is not None else []
         if background_points_node is not None:
             points += points_from_node(background_points_node, volume_node, 0)
-        if box is None and not points:
-            raise InputError("No prompt: place an ROI around the structure or click points on it")
-        return SegmentationRequest(volume, structure, box, points, modality)
+        if box is None and not points and self.checkpoint is None:
+            raise InputError("No prompt: place an ROI around the structure or click points on it "
+                             "(prompt-free segmentation needs a fine-tuned checkpoint)")
+        return SegmentationRequest(volume, structure, box, points, modality, report)
 
     def run_model(self, request: SegmentationRequest, progress: ProgressCallback | None = None):
         """Run the model on a prepared request; returns the library's ``SegmentationOutcome``. Any thread."""
         outcome = self.segmenter().segment(
-            request.volume, request.structure, request.box, request.points, request.modality, progress
+            request.volume, request.structure or None, request.box, request.points, request.modality, progress,
+            request.report,
         )
         self.last_outcome = outcome
         return outcome
@@ -536,19 +545,22 @@ class MedSegAdaptLogic:
             raise InputError("No output segmentation selected; expected a segmentation node")
         if outcome.mask.shape != request.volume.geometry.shape:
             raise InputError("The segmentation result does not match the volume's grid")
+        name = request.structure or outcome.report.structure
         if not outcome.mask.any():
-            logger.warning("MedSegAdapt: the model found nothing for %r", request.structure)
-        return set_segment_mask(segmentation_node, request.structure, outcome.mask, volume_node)
+            logger.warning("MedSegAdapt: the model found nothing for %r", name)
+        return set_segment_mask(segmentation_node, name, outcome.mask, volume_node)
 
     def segment(self, volume_node, segmentation_node, structure: str, roi_node=None, points_node=None,
                 progress: ProgressCallback | None = None, background_points_node=None,
-                modality: str = "auto") -> str:
-        """Segment ``structure`` in the volume from an ROI and/or points; returns the segment id.
+                modality: str = "auto", report: str | None = None) -> str:
+        """Segment ``structure`` (or the structure ``report`` names) in the volume from an ROI and/or
+        points; returns the segment id.
 
         The segment is named after the structure (replacing a segment of that name), with the
         standard colour and terminology. ``progress(stage, done, total)`` may raise to cancel.
         """
-        request = self.prepare(volume_node, structure, roi_node, points_node, background_points_node, modality)
+        request = self.prepare(volume_node, structure, roi_node, points_node, background_points_node, modality,
+                               report)
         outcome = self.run_model(request, progress)
         return self.apply(outcome, request, volume_node, segmentation_node)
 

@@ -56,10 +56,11 @@ def uniform_slices(mask: np.ndarray, count: int, axis: int = 2) -> list[int]:
     return sorted({int(round(p)) for p in positions})
 
 
-def _held_out_dice(pred: np.ndarray, truth: np.ndarray, annotated: list[int]) -> float:
-    keep = np.ones(truth.shape[2], dtype=bool)
+def held_out_dice(pred: np.ndarray, truth: np.ndarray, annotated: list[int], axis: int = 2) -> float:
+    """Dice over the slices along `axis` that were not annotated; pred, truth (I, J, K) bool."""
+    keep = np.ones(truth.shape[axis], dtype=bool)
     keep[annotated] = False
-    return dice(pred[:, :, keep], truth[:, :, keep])
+    return dice(np.compress(keep, pred, axis=axis), np.compress(keep, truth, axis=axis))
 
 
 def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactory | None = None,
@@ -127,8 +128,8 @@ def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactor
         rows.append({
             "name": name,
             "annotated_slices": ",".join(map(str, annotated[name])),
-            "held_out_dice_before": _held_out_dice(before[name], truth, annotated[name]),
-            "held_out_dice_after": _held_out_dice(after, truth, annotated[name]),
+            "held_out_dice_before": held_out_dice(before[name], truth, annotated[name]),
+            "held_out_dice_after": held_out_dice(after, truth, annotated[name]),
             "dice_before": dice(before[name], truth),
             "dice_after": dice(after, truth),
             "ref_voxels": int(truth.sum()),

@@ -19,27 +19,23 @@ class SlicerScene:
     app_logic: "slicer.vtkSlicerApplicationLogic"
     segmentations_logic: "slicer.vtkSlicerSegmentationsModuleLogic"
 
-    def load_volume(self, path: str | Path, name: str | None = None):
-        """A scalar volume node read through its real storage node (vtkMRMLVolumeArchetypeStorageNode)."""
-        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or Path(path).name.split(".")[0])
-        storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    def _read(self, node_class: str, storage_class: str, path: str | Path, name: str | None):
+        node = self.scene.AddNewNodeByClass(node_class, name or Path(path).name.split(".")[0])
+        storage = self.scene.AddNewNodeByClass(storage_class)
         storage.SetFileName(str(path))
         if not storage.ReadData(node):
-            raise RuntimeError(f"vtkMRMLVolumeArchetypeStorageNode could not read {path}")
+            raise RuntimeError(f"{storage_class} could not read {path}")
         node.SetAndObserveStorageNodeID(storage.GetID())
         node.CreateDefaultDisplayNodes()
         return node
 
+    def load_volume(self, path: str | Path, name: str | None = None):
+        """A scalar volume node read through its real storage node (vtkMRMLVolumeArchetypeStorageNode)."""
+        return self._read("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode", path, name)
+
     def load_segmentation(self, path: str | Path, name: str | None = None):
         """A segmentation node read through its real storage node (vtkMRMLSegmentationStorageNode)."""
-        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or Path(path).name.split(".")[0])
-        storage = self.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-        storage.SetFileName(str(path))
-        if not storage.ReadData(node):
-            raise RuntimeError(f"vtkMRMLSegmentationStorageNode could not read {path}")
-        node.SetAndObserveStorageNodeID(storage.GetID())
-        node.CreateDefaultDisplayNodes()
-        return node
+        return self._read("vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode", path, name)
 
     def new_segmentation(self, name: str = "Segmentation"):
         node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)

@@ -76,10 +76,10 @@ def test_required_panels_and_widgets_exist():
     for panel in ("inputsCollapsibleButton", "segmentCollapsibleButton", "correctionsCollapsibleButton",
                   "settingsCollapsibleButton"):
         assert by_name[panel].get("class") == "ctkCollapsibleButton"
-    # The report box is disabled until report-guided segmentation lands, and says why.
+    # The report box is live and its tooltip says what a report does.
     report = by_name["reportTextEdit"]
     properties = {p.get("name"): p for p in report.iter("property")}
-    assert properties["enabled"].findtext("bool") == "false"
+    assert "enabled" not in properties or properties["enabled"].findtext("bool") == "true"
     assert "MedSeg-R" in properties["toolTip"].findtext("string")
 
 

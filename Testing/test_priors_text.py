@@ -148,6 +148,16 @@ def test_find_in_text(kb):
     assert kb.find_in_text("spiculated") is None
 
 
+@pytest.mark.parametrize("text, name", [
+    ("LEFT LUNG: no nodule, no effusion. Right lung clear.", "left lung"),  # ruled-out finding, subject first
+    ("No liver lesion. Left kidney cyst of 2 cm.", "kidney cyst"),
+    ("Liver without focal lesion; spleen normal.", "liver"),
+    ("Negative for pulmonary nodules. Right lung clear.", "right lung"),
+])
+def test_negated_findings_are_not_the_target(kb, text, name):
+    assert kb.find_in_text(text).name == name
+
+
 def test_version_follows_the_content(tmp_path, kb, raw):
     assert kb.version.startswith(raw["version"] + "+") and len(kb.version) == len(raw["version"]) + 13
     assert KnowledgeBase.from_file(write(tmp_path, raw, indent=None)).version == kb.version  # layout only

@@ -308,6 +308,20 @@ def test_segment_right_lung_from_roi(app, logic, volume_node, reference):
 
 
 @pytest.mark.slow
+def test_segment_from_a_report_names_the_segment(app, logic, volume_node, reference):
+    _, segmentation = reference
+    truth = segmentation.get("left lung").mask
+    roi = roi_from_box(Box3D.around(truth, margin=2), volume_node)
+    output = app.new_segmentation("MedSegAdapt report")
+    segment_id = logic.segment(volume_node, output, "", roi_node=roi,
+                               report="LEFT LUNG: no nodule, no effusion. Right lung clear.")
+    segment = output.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "left lung"
+    assert logic.last_outcome.report.structure == "left lung"
+    assert dice(segment_mask(output, segment_id, volume_node), truth) >= 0.78
+
+
+@pytest.mark.slow
 def test_cancel_from_progress_stops_segmentation(app, logic, volume_node, reference):
     _, segmentation = reference
     roi = roi_from_box(Box3D.around(segmentation.get("left lung").mask, margin=2), volume_node)

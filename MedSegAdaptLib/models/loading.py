@@ -57,15 +57,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[0]
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(model state dict, the whole checkpoint dict when it is a MedSegAdapt fine-tuned checkpoint, else None)."""
+def load_torch_file(path: Path) -> object:
+    """torch.load a checkpoint file onto the CPU (tensors and plain data only); InputError when it
+    is missing or not a readable PyTorch file."""
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
         raise InputError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(model state dict, the whole checkpoint dict when it is a MedSegAdapt fine-tuned checkpoint, else None)."""
+    checkpoint = load_torch_file(path)
     metadata = checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT else None
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):

@@ -155,12 +155,13 @@ class KnowledgeBase:
         Synonyms match whole words (plural -s/-es allowed; all-capital abbreviations such as 'IVC' only in
         capitals). A lesion wins over the organ it lies in: first a lesion synonym ('renal cyst'), then a
         lesion word with a site word ('nodule' ... 'upper lobe'), then an anatomical synonym. Within each
-        rank the longest match wins, then the earliest.
+        rank the earliest match wins (the report's subject comes first), the longest among those starting
+        at the same place. Negated clauses ('no nodule') are ignored.
         """
         matches = self._matches(text)
         if not matches:
             return None
-        return min(matches, key=lambda m: (m.rank, -len(m.term), m.start)).structure
+        return min(matches, key=lambda m: (m.rank, m.start, -len(m.term))).structure
 
     def mentions(self, text: str) -> tuple[tuple[Structure, str], ...]:
         """Non-lesion structures named in ``text``, each with the term that matched, in order of appearance."""
@@ -171,7 +172,7 @@ class KnowledgeBase:
         return tuple(first.values())
 
     def _matches(self, text: str) -> list[_Match]:
-        spaced = re.sub(r"[\s_\-]+", " ", text)
+        spaced = _blank_negations(re.sub(r"[\s_\-]+", " ", text))
         matches = []
         for structure in self.structures:
             lesion = structure.category == "lesion"
@@ -185,6 +186,17 @@ class KnowledgeBase:
                 word, start = max(words, key=lambda wp: len(wp[0]))
                 matches.append(_Match(structure, f"{word} {max(sites, key=len)}", start, 1))
         return matches
+
+
+_NEGATION = re.compile(r"(?<!\w)(?:no evidence of|negative for|free of|absence of|without|no|not)(?!\w)[^.;:,]*",
+                       re.IGNORECASE)
+
+
+def _blank_negations(text: str) -> str:
+    """`text` with each negated clause ('no nodule', 'without effusion') blanked out (same length, so
+    positions stay valid): a finding the report rules out is not the target. The clause ends at
+    . ; : or a comma; 'no change in the nodule' is blanked too (a known limit of this rule)."""
+    return _NEGATION.sub(lambda m: " " * len(m.group()), text)
 
 
 def _find(term: str, spaced_text: str) -> int | None:

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..io import atomic_output
-from ..models.loading import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from ..models.loading import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_torch_file
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "make_checkpoint", "save_checkpoint"]
 
@@ -61,13 +61,7 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     """A MedSegAdapt checkpoint dict from `path` (tensors on the CPU); InputError for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise InputError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
-                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+    checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"checkpoint {path} is not a MedSegAdapt fine-tuning checkpoint (no format "
                          f"{CHECKPOINT_FORMAT!r}); --resume needs a file written by `medsegadapt finetune`")
