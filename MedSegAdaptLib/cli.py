@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .active.cli import add_suggest_parser
 from .errors import InputError
 from .store.cli import add_store_parser
 from .train.cli import add_finetune_parser
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(subparsers)
     add_store_parser(subparsers)
     add_finetune_parser(subparsers)
+    add_suggest_parser(subparsers)
     return parser
 
 

@@ -86,6 +86,17 @@ def test_priors_checkpoint_round_trip(priors_checkpoint):
     assert load_backbone().priors is None  # the pretrained backbone has none
 
 
+def test_same_seed_same_priors_checkpoint(tmp_path, priors_checkpoint, ctchest4, embeddings):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", STRUCTURE, reference.get(STRUCTURE).mask, "tester", annotated_slices={"k": SLICES})
+        fine_tune(store, tmp_path / "again.pt", options=TINY_PRIORS, cache=embeddings)
+    first, again = load_checkpoint(priors_checkpoint)["model"], load_checkpoint(tmp_path / "again.pt")["model"]
+    different = [key for key in first if not torch.equal(first[key], again[key])]
+    assert not different, f"same seed, different weights: {different[:3]}"
+
+
 def test_resume_keeps_the_priors(tmp_path, priors_checkpoint, ctchest4, embeddings):
     volume, reference = ctchest4
     with FineTuningStore.init(tmp_path / "store") as store:

@@ -12,9 +12,12 @@ Dice on the slices that were NOT annotated, under three prompts:
 
 Variants: the pretrained backbone (zero-shot; its prompt-free decoding is forced for comparison),
 mask decoder only, all priors with the decoder, all priors with the decoder frozen, and all priors
-minus one. All annotated slices train (no validation split). One seed; the priors' texts are the knowledge base's descriptions of each structure.
+minus one. All annotated slices train (no validation split). Trained variants run once per
+`--seeds` seed (box jitter, sample order, prompt choice, dropout) and report the mean and, with
+several seeds, the standard deviation; the priors' texts are the knowledge base's descriptions.
 
-    python benchmarks/evaluate_priors.py [--epochs 15] [--steps 16] [--annotated 3] [--output-dir out/priors]
+    python benchmarks/evaluate_priors.py [--epochs 15] [--steps 16] [--annotated 3] [--seeds 0,1,2]
+        [--variants "decoder only;priors + decoder"] [--output-dir out/priors]
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ VARIANTS = {
     "decoder only": {},
     "priors + decoder": {"priors": ALL},
     "priors only (decoder frozen)": {"priors": ALL, "train_decoder": False},
-    **{f"priors + decoder, no {p}": {"priors": tuple(q for q in ALL if q != p)} for p in ALL},
+    **{f"priors + decoder without {p}": {"priors": tuple(q for q in ALL if q != p)} for p in ALL},
 }
 PROMPTS = ("box", "point", "none")
 
@@ -76,7 +79,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps per epoch (2 slices each)")
     parser.add_argument("--annotated", type=int, default=3, help="annotated axial slices per structure")
     parser.add_argument("--output-dir", type=Path, default=Path("out/priors"))
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated subset of the variants")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: %(default)s)")
     args = parser.parse_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     volume = read_volume(ctchest4_volume_path())
@@ -91,31 +95,41 @@ def main() -> None:
     print("annotated axial slices: " + "; ".join(f"{n} {s}" for n, s in annotated.items()), flush=True)
 
     cache = EmbeddingCache()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = []
-    for variant in args.variants.split(","):
-        settings = VARIANTS[variant]
-        seconds_per_epoch = None
+    for variant in args.variants.split(";"):
+        settings = VARIANTS[variant.strip()]
+        runs, epoch_seconds = [], []
         if settings is None:
             backbone = load_backbone(for_inference=True)
             backbone.prompt_free_structures = STRUCTURES  # force prompt-free decoding of the pretrained decoder
-        else:
-            checkpoint = store_path.parent / f"{store_path.name}-{len(rows)}.pt"
+            runs.append(evaluate(Segmenter(backbone, cache), volume, truths, annotated))
+        for seed in seeds if settings is not None else ():
+            checkpoint = store_path.parent / f"{store_path.name}-{len(rows)}-seed{seed}.pt"
             options = FineTuneOptions(epochs=args.epochs, min_steps_per_epoch=args.steps, prompt="mixed",
-                                      min_slices_for_validation=1000, **settings)
+                                      min_slices_for_validation=1000, seed=seed, **settings)
             with FineTuningStore(store_path) as store:
                 result = fine_tune(store, checkpoint, options=options, cache=cache)
-            seconds_per_epoch = float(np.median([r["seconds"] for r in result.history]))
-            backbone = load_backbone(checkpoint=checkpoint, for_inference=True)
-        scores = evaluate(Segmenter(backbone, cache), volume, truths, annotated)
-        rows.append({"variant": variant, "seconds_per_epoch": seconds_per_epoch, **scores})
-        print(json.dumps(rows[-1]), flush=True)
-    (args.output_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    columns = [c for c in rows[0] if c not in ("variant", "seconds_per_epoch")]
-    print("| variant | s/epoch | " + " | ".join(columns) + " |")
-    print("|---|---|" + "---|" * len(columns))
+            epoch_seconds += [r["seconds"] for r in result.history]
+            runs.append(evaluate(Segmenter(load_backbone(checkpoint=checkpoint, for_inference=True), cache),
+                                 volume, truths, annotated))
+        row = {"variant": variant.strip(), "seeds": len(runs),
+               "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else None}
+        for column in runs[0]:
+            values = [run[column] for run in runs]
+            row[column] = float(np.mean(values))
+            row[f"{column} sd"] = float(np.std(values)) if len(values) > 1 else None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.output_dir / "results.jsonl", "a") as log:
+            log.write(json.dumps(row) + "\n")
+    columns = [c for c in rows[0] if c not in ("variant", "seeds", "seconds_per_epoch") and not c.endswith(" sd")]
+    print("| variant | seeds | s/epoch | " + " | ".join(columns) + " |")
+    print("|---|---|---|" + "---|" * len(columns))
     for row in rows:
         epoch = "-" if row["seconds_per_epoch"] is None else f"{row['seconds_per_epoch']:.1f}"
-        print(f"| {row['variant']} | {epoch} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+        cells = [f"{row[c]:.3f}" + ("" if row[f"{c} sd"] is None else f" ± {row[f'{c} sd']:.2f}") for c in columns]
+        print(f"| {row['variant']} | {row['seeds']} | {epoch} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

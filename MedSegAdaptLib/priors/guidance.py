@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+import torch
+
 from ..errors import InputError
 from ..models.backbone import SamBackbone
 from .knowledge import KnowledgeBase
@@ -21,12 +23,17 @@ if TYPE_CHECKING:
     from .text_encoder import TextEncoder
 
 
-def attach_priors(backbone: SamBackbone, use: Collection[str] = PRIORS, text_dim: int = 384) -> SamBackbone:
-    """Give `backbone` fresh (identity) MedSeg-R prior modules on its device, in place."""
+def attach_priors(backbone: SamBackbone, use: Collection[str] = PRIORS, text_dim: int = 384,
+                  seed: int = 0) -> SamBackbone:
+    """Give `backbone` fresh (identity) MedSeg-R prior modules on its device, in place; their random
+    initialisation depends only on `seed`."""
     unknown = sorted(set(use) - set(PRIORS))
     if unknown or not use:
         raise InputError(f"priors {unknown or 'none'}: expected a non-empty subset of {', '.join(PRIORS)}")
-    backbone.priors = MedSegRPriors(text_dim=text_dim, use=[p for p in PRIORS if p in use]).to(backbone.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        priors = MedSegRPriors(text_dim=text_dim, use=[p for p in PRIORS if p in use])
+    backbone.priors = priors.to(backbone.device)
     return backbone
 
 

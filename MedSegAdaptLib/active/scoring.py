@@ -1,0 +1,216 @@
+"""Per-slice scores for active suggestions: our adaptation of ASSFT's DKD and ASD, plus diversity.
+
+The ASSFT paper ("Adapting Medical Vision Foundation Models for Volumetric Medical Image Segmentation
+via Active Learning and Selective Semi-supervised Fine-tuning") names its criteria but publishes no
+formulas; the scores below are ours.
+
+- ASD (anatomical segmentation difficulty), per candidate slice: the slice is decoded with its
+  prompt box and `augmentations` jittered copies of it (one batched decoder call on the cached
+  embedding). entropy: mean binary entropy (bits) of the mean foreground probability over the
+  predicted foreground of any decode plus a `band`-pixel band around it (background far from the
+  structure is left out, so its noise does not dominate); disagreement: 1 - mean pairwise Dice of
+  the decodes' masks. ASD = min-max over the candidates of (entropy + disagreement) / 2.
+- DKD (knowledge divergence): divergence, 1 - Dice of the adapted and the pretrained model's masks
+  on the same prompt (when an adapted model is given), and embedding distance, the cosine distance of
+  the slice's pooled embedding (mean over the 64x64 grid of its 256-channel embedding) to its nearest
+  labeled slice (to the candidates' mean when nothing is labeled). Each is min-max normalised over the
+  candidates; DKD = divergence_share * divergence + (1 - divergence_share) * distance, or the
+  distance alone.
+- Diversity: total = weight_dkd * DKD + weight_asd * ASD; slices are picked greedily, each pick
+  multiplying the others' totals by their separation from everything picked or labeled
+  (see :func:`select_diverse`), so neighbours are not picked together.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from skimage.morphology import dilation, disk
+
+from ..inference.encoder import SliceEncoder
+from ..inference.preprocess import logits_to_slice
+from ..inference.prompts import Point3D
+from ..inference.volumetric import VolumePropagator
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How candidate slices are scored and picked; the defaults are what `suggest` uses.
+
+    band: pixels around the predicted foreground where ASD's entropy counts (2).
+    augmentations: jittered boxes decoded per slice besides the box itself (4; 0 turns
+        disagreement off, as does prompt-free decoding). jitter: each box corner moves by up to this
+        fraction of the box's width / height (0.1).
+    slice_margin: candidates reach this many slices beyond the predicted extent (2), inside the 3D
+        box when there is one; all_slices: every slice is a candidate instead.
+    weight_dkd, weight_asd: weights of DKD and ASD in the total (0.5, 0.5).
+    divergence_share: share of the model divergence in DKD when an adapted model is given (0.5).
+    diversity: strength of the separation penalty, an exponent on the separation (1.0; 0 ranks by
+        total alone, which picks neighbours: the 3 most uncertain slices were the worst choice in
+        DESIGN.md's probe). spacing: slice distance from which position no longer penalises; None:
+        candidates / (budget + labeled candidates + 1), at least 2. min_gap: no pick within this
+        many slices of a picked or labeled slice while farther candidates remain (1).
+    """
+
+    band: int = 2
+    augmentations: int = 4
+    jitter: float = 0.1
+    slice_margin: int = 2
+    all_slices: bool = False
+    weight_dkd: float = 0.5
+    weight_asd: float = 0.5
+    divergence_share: float = 0.5
+    diversity: float = 1.0
+    spacing: float | None = None
+    min_gap: int = 1
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One greedy pick: the slice, its total after the diversity penalty and the nearest slice
+    (picked earlier or labeled) that penalised it, None when there was none."""
+
+    index: int
+    score: float
+    nearest: int | None
+
+
+class SliceDecoder:
+    """Decodes single slices of one prepared volume with one model, from the cached embeddings."""
+
+    def __init__(self, encoder: SliceEncoder, propagator: VolumePropagator) -> None:
+        self.encoder = encoder
+        self.propagator = propagator
+
+    @torch.inference_mode()
+    def logits(self, index: int, rects: np.ndarray | None, points: Sequence[Point3D] = ()) -> torch.Tensor:
+        """(N, H, W) logits on the slice grid for N box prompts rects (N, 4) = x0, y0, x1, y1 in slice
+        pixels (one decoder call), or (1, H, W) without a prompt for rects None. Points go to
+        backbones trained with them, as in propagation."""
+        backbone = self.encoder.backbone
+        device, scale = backbone.device, self.propagator.scale
+        count = 1 if rects is None else len(rects)
+        boxes = None if rects is None else torch.as_tensor(rects * scale, dtype=torch.float32, device=device)
+        coords = labels = None
+        if points and backbone.spec.point_prompts:
+            axis = self.encoder.axis
+            coords = torch.tensor([[p.xy(axis) for p in points]], dtype=torch.float32, device=device) * scale
+            labels = torch.tensor([[p.label for p in points]], dtype=torch.int64, device=device)
+            coords, labels = coords.expand(count, -1, -1), labels.expand(count, -1)
+        logits, _ = backbone.decode(self.encoder.embedding(index), boxes=boxes, points=coords, point_labels=labels,
+                                    prior_tokens=self.propagator.prior_tokens)
+        return logits_to_slice(logits, self.propagator.height, self.propagator.width,
+                               backbone.spec.image_size).float().cpu()
+
+
+def jittered_rects(rect: np.ndarray, count: int, jitter: float, height: int, width: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """(count + 1, 4) boxes: `rect` (x0, y0, x1, y1) first, then `count` copies whose corners moved
+    by up to `jitter` times the box's width (x) and height (y), kept inside the (height, width) slice."""
+    size = np.array([rect[2] - rect[0], rect[3] - rect[1]] * 2, dtype=np.float32) + 1
+    moved = rect + rng.uniform(-jitter, jitter, size=(count, 4)).astype(np.float32) * size
+    moved = np.clip(moved, 0, np.array([width - 1, height - 1] * 2, dtype=np.float32))
+    moved[:, 2:] = np.maximum(moved[:, 2:], moved[:, :2] + 1)
+    return np.concatenate([rect[None].astype(np.float32), moved])
+
+
+def mask_dice(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N, M) Dice between the (N, H, W) and (M, H, W) bool masks; 1 where both are empty."""
+    a = first.reshape(len(first), -1).astype(np.float32)
+    b = second.reshape(len(second), -1).astype(np.float32)
+    total = a.sum(1)[:, None] + b.sum(1)[None, :]
+    return np.where(total > 0, 2 * (a @ b.T) / np.maximum(total, 1), 1.0)
+
+
+def slice_difficulty(logits: torch.Tensor, band: int) -> tuple[float, float, int]:
+    """ASD's raw parts for one slice decoded N times; logits (N, H, W), the unjittered prompt first.
+
+    Returns (entropy in bits of the mean probability over foreground plus band, 1 - mean pairwise
+    Dice of the N masks (0 for N = 1), foreground pixels of the first decode).
+    """
+    probability = torch.sigmoid(logits).numpy()
+    masks = probability > 0.5
+    region = dilation(masks.any(0), disk(band)) if band > 0 else masks.any(0)
+    if not region.any():
+        return 0.0, 0.0, 0
+    mean = np.clip(probability.mean(0)[region], 1e-6, 1 - 1e-6)
+    entropy = float(np.mean(-(mean * np.log2(mean) + (1 - mean) * np.log2(1 - mean))))
+    count = len(masks)
+    disagreement = 0.0
+    if count > 1:
+        pairwise = mask_dice(masks, masks)[np.triu_indices(count, 1)]
+        disagreement = float(1 - pairwise.mean())
+    return entropy, disagreement, int(masks[0].sum())
+
+
+def pooled_embeddings(encoder: SliceEncoder, indices: Sequence[int]) -> np.ndarray:
+    """(N, 256) mean over the 64x64 grid of each slice's cached embedding (encoded when missing)."""
+    encoder.ensure(list(indices))
+    rows = [encoder.embedding(i)[0].mean(dim=(1, 2)).cpu().numpy() for i in indices]
+    return np.stack(rows) if rows else np.zeros((0, 256), np.float32)
+
+
+def cosine_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N, M) cosine distances 1 - cos between rows of (N, D) and (M, D)."""
+    a = first / np.maximum(np.linalg.norm(first, axis=1, keepdims=True), 1e-12)
+    b = second / np.maximum(np.linalg.norm(second, axis=1, keepdims=True), 1e-12)
+    return np.clip(1 - a @ b.T, 0, 2)
+
+
+def knowledge_distance(candidates: np.ndarray, labeled: np.ndarray) -> np.ndarray:
+    """(N,) cosine distance of each (N, D) pooled candidate embedding to its nearest (M, D) labeled
+    one, or to the candidates' mean when M = 0."""
+    reference = labeled if len(labeled) else candidates.mean(0, keepdims=True)
+    return cosine_distances(candidates, reference).min(1)
+
+
+def normalise(values: Sequence[float]) -> np.ndarray:
+    """Min-max scaling to [0, 1]; all zeros when the values do not vary."""
+    values = np.asarray(values, dtype=np.float64)
+    spread = values.max() - values.min() if values.size else 0.0
+    return (values - values.min()) / spread if spread > 1e-12 else np.zeros_like(values)
+
+
+def select_diverse(indices: Sequence[int], totals: Sequence[float], pooled: np.ndarray,
+                   labeled: Sequence[int], labeled_pooled: np.ndarray, budget: int,
+                   options: ScoringOptions = ScoringOptions()) -> list[Pick]:
+    """Greedy k-center-like pick of `budget` candidate slices, returned by score (best first).
+
+    indices, totals: the candidates and their totals in [0, 1]; pooled (N, D), labeled_pooled (M, D):
+    pooled embeddings of the candidates and of the `labeled` slices. The separation of slice k from
+    an anchor r (picked or labeled) is 0.5 * min(1, |k - r| / spacing) + 0.5 * min(1, cos_dist(k, r)
+    / D) with D the median pairwise cosine distance of the candidates; each step picks the largest
+    total * min-over-anchors(separation) ** diversity, first skipping candidates within min_gap slices
+    of an anchor. Ties go to the lower slice; deterministic.
+    """
+    indices = np.asarray(indices, dtype=int)
+    totals = np.asarray(totals, dtype=np.float64)
+    anchors = list(labeled)
+    anchor_pooled = list(labeled_pooled)
+    in_range = sum(1 for r in labeled if indices.size and indices.min() <= r <= indices.max())
+    spacing = options.spacing or max(2.0, len(indices) / (budget + in_range + 1))
+    pairwise = cosine_distances(pooled, pooled)[np.triu_indices(len(indices), 1)]
+    scale = float(np.median(pairwise)) if pairwise.size and np.median(pairwise) > 0 else 1.0
+    free = np.ones(len(indices), dtype=bool)
+    picks: list[Pick] = []
+    while len(picks) < budget and free.any():
+        separation = np.ones(len(indices))
+        nearest = np.full(len(indices), -1)
+        gap = np.full(len(indices), np.inf)
+        if anchors:
+            position = np.minimum(1, np.abs(indices[:, None] - np.asarray(anchors)[None]) / spacing)
+            embedded = np.minimum(1, cosine_distances(pooled, np.stack(anchor_pooled)) / scale)
+            combined = 0.5 * position + 0.5 * embedded
+            separation, nearest = combined.min(1), np.asarray(anchors)[combined.argmin(1)]
+            gap = np.abs(indices[:, None] - np.asarray(anchors)[None]).min(1)
+        adjusted = totals * separation ** options.diversity
+        allowed = free & (gap > options.min_gap)
+        choice = int(np.argmax(np.where(allowed if allowed.any() else free, adjusted, -np.inf)))
+        picks.append(Pick(int(indices[choice]), float(adjusted[choice]),
+                          int(nearest[choice]) if nearest[choice] >= 0 else None))
+        free[choice] = False
+        anchors.append(int(indices[choice]))
+        anchor_pooled.append(pooled[choice])
+    return sorted(picks, key=lambda pick: -pick.score)

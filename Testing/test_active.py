@@ -1,0 +1,212 @@
+"""Active suggestions (our adaptation of ASSFT's DKD/ASD plus diversity) on the real CTChest4 and LiteMedSAM.
+
+Boxes span 5 axial slices of the left lung (k 15..19) and slices are decoded with 2 jittered boxes, not 4, so
+each test decodes a few slices on cached embeddings.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from MedSegAdaptLib.active import ScoringOptions, Suggestion, suggest_from_store, suggest_slices
+from MedSegAdaptLib.active.scoring import jittered_rects, normalise, select_diverse
+from MedSegAdaptLib.cli import main
+from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.store import FineTuningStore
+
+STRUCTURE = "left lung"
+BOX = Box3D((11, 30, 15), (68, 98, 19))
+AMBIGUOUS = Box3D((11, 30, 15), (113, 101, 19))  # around both lungs: which one is meant?
+WIDER = Box3D((11, 30, 14), (68, 98, 20))  # the whole body in-plane: which structure is meant?
+CASE = "CTChest4"
+KEYS = {"case_id", "image", "axis", "index", "score", "dkd", "asd", "reason"}
+FAST = ScoringOptions(augmentations=2)
+
+
+@pytest.fixture(scope="module")
+def suggester(litemedsam):
+    """One Segmenter and embedding cache for the module: each slice is encoded once."""
+    return Segmenter(litemedsam, EmbeddingCache())
+
+
+@pytest.fixture(scope="module")
+def volume(ctchest4):
+    return ctchest4[0]
+
+
+@pytest.fixture(scope="module")
+def left_lung(ctchest4):
+    return ctchest4[1].get(STRUCTURE).mask
+
+
+def _suggest(suggester, volume, budget=3, **kwargs) -> list[Suggestion]:
+    return suggest_slices(suggester, volume, STRUCTURE, budget, kwargs.pop("box", BOX), options=FAST, **kwargs)
+
+
+def _raw_asd(suggestions: list[Suggestion]) -> float:
+    return float(np.mean([(s.components["entropy"] + s.components["disagreement"]) / 2 for s in suggestions]))
+
+
+# --- scoring without a model ------------------------------------------------------------------------
+
+
+def test_jittered_rects_keep_the_box_first_stay_inside_and_repeat_for_a_seed():
+    rect = np.array([10, 20, 60, 90], np.float32)
+    first = jittered_rects(rect, 4, 0.2, 100, 64, np.random.default_rng([0, 5]))
+    again = jittered_rects(rect, 4, 0.2, 100, 64, np.random.default_rng([0, 5]))
+    assert first.shape == (5, 4) and np.array_equal(first[0], rect) and np.array_equal(first, again)
+    assert not np.array_equal(first[1], rect)
+    assert (first >= 0).all() and (first[:, [0, 2]] <= 63).all() and (first[:, [1, 3]] <= 99).all()
+    assert (first[:, 2] > first[:, 0]).all() and (first[:, 3] > first[:, 1]).all()
+
+
+def test_normalise_scales_to_unit_range_and_zeroes_constant_values():
+    assert normalise([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
+    assert normalise([0.3, 0.3]).tolist() == [0.0, 0.0]
+
+
+def test_diversity_spreads_picks_that_plain_ranking_bunches():
+    indices = list(range(20))
+    totals = np.exp(-((np.arange(20) - 5.0) ** 2) / 8)  # one peak: the best slices are neighbours
+    totals[15] = 0.5
+    pooled = np.stack([np.cos(np.arange(20) / 6), np.sin(np.arange(20) / 6), np.ones(20)], axis=1)
+    plain = select_diverse(indices, totals, pooled, [], np.zeros((0, 3)), 3, ScoringOptions(diversity=0, min_gap=0))
+    spread = select_diverse(indices, totals, pooled, [], np.zeros((0, 3)), 3)
+    assert sorted(p.index for p in plain) == [4, 5, 6]
+    chosen = sorted(p.index for p in spread)
+    assert 5 in chosen and 15 in chosen and min(np.diff(chosen)) > 1
+    scores = [p.score for p in spread]
+    assert scores == sorted(scores, reverse=True)
+    labeled = select_diverse(indices, totals, pooled, [15], pooled[[15]], 3)
+    assert all(abs(p.index - 15) > 1 for p in labeled)
+
+
+# --- real model -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranked(suggester, volume) -> list[Suggestion]:
+    """Every candidate of BOX ranked, nothing annotated."""
+    return _suggest(suggester, volume, budget=5)
+
+
+def test_suggestions_lie_in_the_box_sorted_by_score_and_repeat_for_a_seed(suggester, volume, ranked):
+    assert sorted(s.index for s in ranked) == [15, 16, 17, 18, 19]
+    assert all(s.axis == "k" and s.case_id is None and s.image == volume.path for s in ranked)
+    assert [s.score for s in ranked] == sorted((s.score for s in ranked), reverse=True)
+    assert all(0 <= value <= 1 for s in ranked for value in (s.score, s.dkd, s.asd))
+    assert max(s.asd for s in ranked) == 1.0 and max(s.dkd for s in ranked) == 1.0
+    assert all(STRUCTURE in s.reason and "ASD" in s.reason and "DKD" in s.reason for s in ranked)
+    again = _suggest(suggester, volume, budget=5)
+    assert again == ranked and [s.components for s in again] == [s.components for s in ranked]
+
+
+def test_a_budget_of_three_picks_no_neighbours(suggester, volume, ranked):
+    by_total = sorted(ranked, key=lambda s: -s.components["total"])
+    assert by_total[0].index == ranked[0].index  # the first pick is the best total, the others are spread
+    picked = sorted(s.index for s in _suggest(suggester, volume, box=WIDER))
+    assert len(picked) == 3 and min(np.diff(picked)) > 1
+
+
+def test_annotated_slices_are_skipped_and_dkd_is_lower_next_to_them(suggester, volume):
+    by_index = {s.index: s for s in _suggest(suggester, volume, budget=5, annotated={15})}
+    assert sorted(by_index) == [16, 17, 18, 19]
+    assert by_index[16].dkd < by_index[19].dkd
+    assert by_index[16].components["embedding_distance"] < by_index[19].components["embedding_distance"]
+    assert "labeled slice" in by_index[16].reason
+    assert _suggest(suggester, volume, annotated=set(range(15, 20))) == []
+
+
+def test_asd_is_higher_with_an_ambiguous_prompt_than_a_tight_one(suggester, volume, ranked):
+    ambiguous = _suggest(suggester, volume, budget=5, box=AMBIGUOUS)
+    assert _raw_asd(ambiguous) > _raw_asd(ranked) + 0.03
+
+
+def test_the_same_model_as_adapted_model_diverges_nowhere(suggester, volume, ranked):
+    assert all(s.components["divergence"] is None for s in ranked)
+    same = _suggest(suggester, volume, budget=5, adapted_segmenter=suggester)
+    assert all(s.components["divergence"] == 0.0 for s in same)
+
+
+@pytest.mark.slow
+def test_a_perturbed_adapted_model_diverges(suggester, volume):
+    from MedSegAdaptLib.models import load_backbone
+
+    perturbed = load_backbone()  # PyTorch encoder, same weights: the cached embeddings are shared
+    with torch.no_grad():
+        for parameter in perturbed.mask_decoder.output_hypernetworks_mlps.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    divergent = _suggest(suggester, volume, budget=5, adapted_segmenter=Segmenter(perturbed, suggester.cache))
+    assert max(s.components["divergence"] for s in divergent) > 0.01
+
+
+def test_bad_budget_and_annotated_slices_are_refused(suggester, volume):
+    with pytest.raises(InputError, match="budget 0"):
+        _suggest(suggester, volume, budget=0)
+    with pytest.raises(InputError, match=r"\[40\] are outside the 34 slices"):
+        _suggest(suggester, volume, annotated={40})
+
+
+# --- store ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def store(tmp_path, volume, left_lung):
+    """CTChest4 with a correction of the left lung on slices 16 and 18 whose mask covers k 16..18 only."""
+    label = left_lung.copy()
+    label[:, :, [k for k in range(left_lung.shape[2]) if not 16 <= k <= 18]] = False
+    with FineTuningStore.init(tmp_path / "store") as opened:
+        opened.add_image(volume, CASE, modality="ct")
+        opened.submit_mask(CASE, STRUCTURE, label, "tester", annotated_slices={"k": [16, 18]})
+        yield opened
+
+
+def test_store_suggestions_skip_annotated_slices_and_take_the_box_from_the_label(store, suggester):
+    suggestions = suggest_from_store(store, CASE, "Left Lung", 3, suggester, options=FAST)
+    indices = [s.index for s in suggestions]
+    assert len(indices) == 3 and not {16, 18} & set(indices)
+    assert all(14 <= k <= 20 for k in indices)  # the label's extent 16..18 plus 2
+    assert {s.case_id for s in suggestions} == {CASE}
+    assert suggestions[0].image == str(store.case(CASE).image)
+
+
+def test_store_refuses_unknown_names_and_a_whole_volume_correction(store, suggester, left_lung):
+    with pytest.raises(InputError, match="Unknown case 'nope'"):
+        suggest_from_store(store, "nope", STRUCTURE, 2, suggester)
+    with pytest.raises(InputError, match="Unknown structure 'liver'"):
+        suggest_from_store(store, CASE, "liver", 2, suggester)
+    store.submit_mask(CASE, STRUCTURE, left_lung, "tester")
+    with pytest.raises(InputError, match="whole-volume correction.*nothing is left to suggest"):
+        suggest_from_store(store, CASE, STRUCTURE, 2, suggester)
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def shared_model(monkeypatch, suggester):
+    """The command line gets the module's segmenter instead of loading the weights again."""
+    monkeypatch.setattr("MedSegAdaptLib.cli.load_segmenter", lambda *args, **kwargs: suggester)
+
+
+def test_cli_prints_json_with_the_documented_keys(shared_model, volume, capsys):
+    code = main(["suggest", volume.path, "--structure", STRUCTURE, "--budget", "2", "--box-ijk", str(BOX),
+                 "--annotated", "k:16", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(rows) == 2
+    assert all(KEYS <= set(row) for row in rows)
+    assert all(row["axis"] == "k" and row["index"] != 16 and 15 <= row["index"] <= 19 for row in rows)
+
+
+def test_cli_on_a_store_prints_a_table_and_refuses_budget_zero(shared_model, store, capsys):
+    assert main(["suggest", str(store.root), "--structure", STRUCTURE, "--budget", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "reason" in out and "k:16" not in out and "k:18" not in out
+    assert main(["suggest", str(store.root), "--structure", STRUCTURE, "--budget", "0"]) == 2
+    assert "budget 0" in capsys.readouterr().err
+    assert main(["suggest", str(store.root), "--structure", STRUCTURE, "--budget", "1", "--case-id", "nope"]) == 2
+    assert "Unknown case 'nope'" in capsys.readouterr().err
