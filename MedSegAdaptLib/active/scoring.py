@@ -30,7 +30,6 @@ import torch
 from skimage.morphology import dilation, disk
 
 from ..inference.encoder import SliceEncoder
-from ..inference.preprocess import logits_to_slice
 from ..inference.prompts import Point3D
 from ..inference.volumetric import VolumePropagator
 
@@ -84,25 +83,12 @@ class SliceDecoder:
         self.encoder = encoder
         self.propagator = propagator
 
-    @torch.inference_mode()
     def logits(self, index: int, rects: np.ndarray | None, points: Sequence[Point3D] = ()) -> torch.Tensor:
         """(N, H, W) logits on the slice grid for N box prompts rects (N, 4) = x0, y0, x1, y1 in slice
         pixels (one decoder call), or (1, H, W) without a prompt for rects None. Points go to
         backbones trained with them, as in propagation."""
-        backbone = self.encoder.backbone
-        device, scale = backbone.device, self.propagator.scale
-        count = 1 if rects is None else len(rects)
-        boxes = None if rects is None else torch.as_tensor(rects * scale, dtype=torch.float32, device=device)
-        coords = labels = None
-        if points and backbone.spec.point_prompts:
-            axis = self.encoder.axis
-            coords = torch.tensor([[p.xy(axis) for p in points]], dtype=torch.float32, device=device) * scale
-            labels = torch.tensor([[p.label for p in points]], dtype=torch.int64, device=device)
-            coords, labels = coords.expand(count, -1, -1), labels.expand(count, -1)
-        logits, _ = backbone.decode(self.encoder.embedding(index), boxes=boxes, points=coords, point_labels=labels,
-                                    prior_tokens=self.propagator.prior_tokens)
-        return logits_to_slice(logits, self.propagator.height, self.propagator.width,
-                               backbone.spec.image_size).float().cpu()
+        use_points = points if self.encoder.backbone.spec.point_prompts else ()
+        return self.propagator.predict_logits(index, rects, use_points)[0]
 
 
 def jittered_rects(rect: np.ndarray, count: int, jitter: float, height: int, width: int,

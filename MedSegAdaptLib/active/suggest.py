@@ -16,7 +16,7 @@ from ..inference import Box3D, Point3D, Segmenter
 from ..inference.encoder import ProgressCallback
 from ..inference.prompts import AXIS_NAMES, mask_rect, take_slices
 from ..inference.segmenter import SegmentationOutcome
-from ..inference.volumetric import VolumePropagator, _clip_rect, _grow_rect
+from ..inference.volumetric import VolumePropagator, clip_rect, grow_rect
 from ..io import Volume, read_volume
 from ..store import FineTuningStore
 from .scoring import (ScoringOptions, SliceDecoder, jittered_rects, knowledge_distance, mask_dice, normalise,
@@ -96,7 +96,7 @@ def _candidate_prompts(mask: np.ndarray, axis: int, box: Box3D | None, propagato
     if not present.size:
         return {k: bounds for k in span}, set()
     nearest = {k: present[np.argmin(np.abs(present - k))] for k in span}
-    return ({k: _clip_rect(_grow_rect(mask_rect(planes[nearest[k]]), margin), bounds) for k in span},
+    return ({k: clip_rect(grow_rect(mask_rect(planes[nearest[k]]), margin), bounds) for k in span},
             {int(k) for k in present})
 
 

@@ -11,6 +11,7 @@ box become a start box around the region of similar intensity connected to them 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,11 +68,11 @@ def _start_slice(axis: int, box: Box3D | None, points: list[Point3D]) -> int:
     return foreground.most_common(1)[0][0]
 
 
-def _grow_rect(rect: np.ndarray, margin: int) -> np.ndarray:
+def grow_rect(rect: np.ndarray, margin: int) -> np.ndarray:
     return rect + np.array([-1, -1, 1, 1], np.float32) * margin
 
 
-def _clip_rect(rect: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+def clip_rect(rect: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return np.array([max(rect[0], bounds[0]), max(rect[1], bounds[1]),
                      min(rect[2], bounds[2]), min(rect[3], bounds[3])], dtype=np.float32)
 
@@ -92,19 +93,28 @@ class VolumePropagator:
         self.scale = slice_scale(self.height, self.width, encoder.backbone.spec.image_size)
 
     @torch.inference_mode()
-    def predict_slice(self, index: int, rect: np.ndarray | None, points: list[Point3D]) -> tuple[np.ndarray, float]:
-        """(H, W) bool mask and predicted IoU for one slice; rect (x0, y0, x1, y1) in slice pixels."""
+    def predict_logits(self, index: int, rects: np.ndarray | None,
+                       points: Sequence[Point3D] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, H, W) float32 on the CPU, on the slice grid, and predicted IoU (N,) for one slice
+        decoded with N box prompts rects (N, 4) x0, y0, x1, y1 in slice pixels (one decoder call), or
+        once without a box for rects None; the same points (if any) go with every box."""
         backbone = self.encoder.backbone
         device = backbone.device
-        boxes = None if rect is None else torch.as_tensor(rect[None] * self.scale, device=device)
+        count = 1 if rects is None else len(rects)
+        boxes = None if rects is None else torch.as_tensor(rects * self.scale, dtype=torch.float32, device=device)
         coords = labels = None
         if points:
             coords = torch.tensor([[p.xy(self.axis) for p in points]], dtype=torch.float32, device=device) * self.scale
             labels = torch.tensor([[p.label for p in points]], dtype=torch.int64, device=device)
+            coords, labels = coords.expand(count, -1, -1), labels.expand(count, -1)
         logits, iou = backbone.decode(self.encoder.embedding(index), boxes=boxes, points=coords, point_labels=labels,
                                       prior_tokens=self.prior_tokens)
-        mask = logits_to_slice(logits, self.height, self.width, backbone.spec.image_size)[0] > 0
-        return mask.cpu().numpy(), float(iou[0, 0])
+        return logits_to_slice(logits, self.height, self.width, backbone.spec.image_size).float().cpu(), iou[:, 0]
+
+    def predict_slice(self, index: int, rect: np.ndarray | None, points: list[Point3D]) -> tuple[np.ndarray, float]:
+        """(H, W) bool mask and predicted IoU for one slice; rect (x0, y0, x1, y1) in slice pixels."""
+        logits, iou = self.predict_logits(index, None if rect is None else rect[None], points)
+        return (logits[0] > 0).numpy(), float(iou[0])
 
     def _flood_rect(self, index: int, seeds: list[Point3D]) -> np.ndarray:
         """Box (x0, y0, x1, y1) around the regions of similar intensity connected to the seeds."""
@@ -114,7 +124,7 @@ class VolumePropagator:
         for seed in seeds:
             x, y = seed.xy(self.axis)
             region |= flood(image, (y, x), tolerance=tolerance)
-        return _grow_rect(mask_rect(region), self.options.margin)
+        return grow_rect(mask_rect(region), self.options.margin)
 
     def run_without_prompt(self, progress: ProgressCallback | None = None) -> PropagationResult:
         """Prompt-free segmentation (a decoder fine-tuned for it): every slice decoded without a
@@ -175,7 +185,7 @@ class VolumePropagator:
                     break
                 self.encoder.ensure([i for i in range(index, index + step * self.encoder.batch_size, step)
                                      if lo <= i <= hi])
-                rect = _clip_rect(_grow_rect(mask_rect(previous), opts.margin), bounds)
+                rect = clip_rect(grow_rect(mask_rect(previous), opts.margin), bounds)
                 current, iou = self.predict_slice(index, rect, points_on.get(index, []))
                 result.slice_iou[index] = iou
                 done += 1
