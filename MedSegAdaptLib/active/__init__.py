@@ -5,19 +5,11 @@ without importing torch.
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy_exports import lazy_exports
 
-_NAMES = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "ScoringOptions": "scoring",
     "Suggestion": "suggest",
     "suggest_from_store": "suggest",
     "suggest_slices": "suggest",
-}
-
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+})

@@ -6,9 +6,9 @@ without importing torch.
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy_exports import lazy_exports
 
-_NAMES = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "CHECKPOINT_FORMAT": "checkpoint",
     "CHECKPOINT_VERSION": "checkpoint",
     "load_checkpoint": "checkpoint",
@@ -20,12 +20,4 @@ _NAMES = {
     "FineTuneResult": "trainer",
     "FineTuner": "trainer",
     "fine_tune": "trainer",
-}
-
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+})
