@@ -21,8 +21,8 @@ from skimage.filters import gaussian
 from skimage.segmentation import flood
 
 from ..errors import InputError
-from .encoder import ProgressCallback, SliceEncoder
 from ..priors.modules import AttributeTokens
+from .encoder import ProgressCallback, SliceEncoder
 from .preprocess import logits_to_slice, slice_scale
 from .prompts import Box3D, Point3D, in_plane_axes, mask_rect, put_slice, take_slices
 
@@ -131,8 +131,8 @@ class VolumePropagator:
         prompt, masks under min_area dropped, then the largest 3D connected component kept."""
         count = self.shape[self.axis]
         result = PropagationResult(np.zeros(self.shape, dtype=bool), count // 2)
+        self.encoder.ensure(list(range(count)), progress)  # every slice is needed: encode in batches
         for index in range(count):
-            self.encoder.ensure([index], progress)
             mask, iou = self.predict_slice(index, None, [])
             result.slice_iou[index] = iou
             if mask.sum() >= self.options.min_area:
