@@ -53,6 +53,16 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--prompt", default=defaults.prompt, choices=("box", "none", "mixed"),
                         help="training prompts: box, none (for prompt-free segmentation) or mixed, half each "
                              "(default: %(default)s)")
+    parser.add_argument("--semi-supervised", action="store_true",
+                        help="after training on the annotated slices, pseudo-label the unannotated slices of partial "
+                             "annotations, keep the confident ones close to annotated slices and train --epochs more "
+                             "on both (the selection is printed and kept in the checkpoint)")
+    parser.add_argument("--confidence-percentile", type=float, default=defaults.confidence_percentile,
+                        help="with --semi-supervised: keep pseudo-labels whose confidence is at least this "
+                             "percentile of all candidates' (default: %(default)s)")
+    parser.add_argument("--distance-percentile", type=float, default=defaults.distance_percentile,
+                        help="with --semi-supervised: keep pseudo-labels whose embedding distance to the nearest "
+                             "annotated slice is at most this percentile of all candidates' (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.set_defaults(func=run_finetune)
     return parser
@@ -81,14 +91,16 @@ def run_finetune(args: argparse.Namespace) -> int:
                               min_steps_per_epoch=args.min_steps_per_epoch, patience=args.patience,
                               train_prompt_encoder=args.train_prompt_encoder, seed=args.seed,
                               priors=parse_priors(args.priors), train_decoder=not args.freeze_decoder,
-                              prompt=args.prompt)
+                              prompt=args.prompt, semi_supervised=args.semi_supervised,
+                              confidence_percentile=args.confidence_percentile,
+                              distance_percentile=args.distance_percentile)
     device = resolve_device(args.device)
     progress = TerminalProgress()
 
     def on_epoch(record: dict) -> None:
         progress.close()
         val = "-" if record["val_dice"] is None else f"{record['val_dice']:.3f}"
-        print(f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val Dice {val}  "
+        print(f"epoch {record['epoch']:3d} {record['stage']:>15}  loss {record['train_loss']:.4f}  val Dice {val}  "
               f"{record['seconds']:.1f} s  (best epoch {record['best_epoch']})", flush=True)
 
     with FineTuningStore(args.store) as store:
@@ -102,6 +114,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     print(f"training set {result.training_set_version}: {', '.join(result.structures)}; "
           f"{result.train_slices} training / {result.val_slices} validation slices, "
           f"{result.slices_encoded} slices encoded, on {device}")
+    if result.pseudo_labels is not None:
+        print(result.pseudo_labels.summary())
     best = "" if result.best_val_dice is None else f", validation Dice {result.best_val_dice:.3f}"
     stop = " (stopped early)" if result.stopped_early else ""
     print(f"best epoch {result.best_epoch} of {result.epochs_run}{best}{stop}; wrote {result.checkpoint}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from ..io.modality import detect_modality
 from ..models.backbone import SamBackbone
 from ..store.records import TrainingRow
 from ..store.slices import AXES
+
+if TYPE_CHECKING:
+    from .pseudo_labels import PseudoLabel
 
 DEFAULT_AXIS = "k"
 MIN_AREA = 5
@@ -48,6 +52,7 @@ class TrainingSlice:
     rect: np.ndarray
     scale: float | None = None  # set by SliceDataset.encode from the backbone's input size
     modality: str = "ct"
+    pseudo: bool = False  # a selected pseudo-label, not an annotation
 
     @property
     def name(self) -> str:
@@ -55,12 +60,30 @@ class TrainingSlice:
 
 
 @dataclass
-class _EncodingJob:
+class EncodingJob:
+    """Slices of one volume, preset and axis to encode into the cache under `key`."""
+
     volume: Volume
     preset: IntensityPreset
     axis: int
     key: str
     indices: set[int] = field(default_factory=set)
+
+    def encoder(self, backbone: SamBackbone, cache: EmbeddingCache) -> SliceEncoder:
+        """A SliceEncoder of this job's volume with `backbone`, reading and filling `cache`."""
+        return SliceEncoder(backbone, cache, clip_intensities(self.volume.array, self.preset), self.key, self.axis)
+
+
+@dataclass
+class PartialAnnotation:
+    """The annotated slices of one partial label along one axis: masks {slice: (H, W) bool},
+    empty slices included; job: the encoding job of its volume and axis."""
+
+    case_id: str
+    structure: str
+    modality: str
+    job: EncodingJob
+    masks: dict[int, np.ndarray]
 
 
 def labeled_slices(annotated_slices: dict[str, list[int]] | None, shape: tuple[int, int, int]) -> dict[int, list[int]]:
@@ -84,7 +107,9 @@ class SliceDataset:
             raise InputError("the training view is empty: submit corrections (or accept pseudo-labels) first")
         self.cache = cache if cache is not None else EmbeddingCache()
         self.slices: list[TrainingSlice] = []
-        self._jobs: dict[str, _EncodingJob] = {}
+        self.partial: list[PartialAnnotation] = []
+        self.image_size = 0  # the backbone's input size, set by encode()
+        self._jobs: dict[str, EncodingJob] = {}
         images: dict[Path, tuple[Volume, str]] = {}
         for row in rows:
             if row.image not in images:
@@ -98,8 +123,11 @@ class SliceDataset:
             preset = preset_for(row.structure, modality)
             for axis, indices in labeled_slices(row.annotated_slices, label.shape).items():
                 key = volume_key(checksum, weights_sha256, preset.key, axis)
-                job = self._jobs.setdefault(key, _EncodingJob(volume, preset, axis, key))
+                job = self._jobs.setdefault(key, EncodingJob(volume, preset, axis, key))
                 masks = take_slices(label, axis, indices)
+                if row.annotated_slices is not None:
+                    self.partial.append(PartialAnnotation(row.case_id, row.structure, modality, job,
+                                                          {int(i): np.ascontiguousarray(m) for i, m in zip(indices, masks)}))
                 for index, mask in zip(indices, masks):
                     if mask.sum() < MIN_AREA:
                         continue
@@ -114,17 +142,35 @@ class SliceDataset:
     def __len__(self) -> int:
         return len(self.slices)
 
+    def include_unannotated(self) -> None:
+        """Have encode() also encode every slice of partially annotated volumes (for pseudo-labels)."""
+        for annotation in self.partial:
+            annotation.job.indices.update(range(annotation.job.volume.array.shape[annotation.job.axis]))
+
+    def add_pseudo_labels(self, labels: Sequence[PseudoLabel]) -> list[int]:
+        """Append selected pseudo-labels (of partial annotations' volumes) as training slices; returns
+        their indices in `slices`. Call after encode()."""
+        jobs = {(a.case_id, a.structure, a.job.axis): (a.job, a.modality) for a in self.partial}
+        added = []
+        for label in labels:
+            job, modality = jobs[(label.case_id, label.structure, label.axis)]
+            item = TrainingSlice(label.case_id, label.structure, label.axis, label.index, job.key,
+                                 np.ascontiguousarray(label.mask), mask_rect(label.mask), modality=modality, pseudo=True)
+            item.scale = slice_scale(*item.mask.shape, self.image_size)
+            added.append(len(self.slices))
+            self.slices.append(item)
+        return added
+
     def encode(self, backbone: SamBackbone, progress: ProgressCallback | None = None) -> int:
         """Encode every annotated slice not cached yet with `backbone`'s image encoder; returns how many."""
         encoded = 0
         for job in self._jobs.values():
-            encoder = SliceEncoder(backbone, self.cache, clip_intensities(job.volume.array, job.preset), job.key,
-                                   job.axis)
+            encoder = job.encoder(backbone, self.cache)
             encoder.ensure(sorted(job.indices), progress)
             encoded += encoder.encoded_count
-        size = backbone.spec.image_size
+        self.image_size = backbone.spec.image_size
         for item in self.slices:
-            item.scale = slice_scale(*item.mask.shape, size)
+            item.scale = slice_scale(*item.mask.shape, self.image_size)
         return encoded
 
     def embedding(self, item: TrainingSlice) -> torch.Tensor:

@@ -18,7 +18,12 @@ class FineTuneOptions:
     MedSegAdaptLib.train.trainer.
     priors: MedSeg-R priors to train (a subset of location, texture, shape, semantic; empty: none).
     train_decoder: whether the mask decoder learns too. prompt: what each training slice is prompted
-    with: 'box', 'none' (prompt-free segmentation) or 'mixed' (box or none, half each)."""
+    with: 'box', 'none' (prompt-free segmentation) or 'mixed' (box or none, half each).
+    semi_supervised: after `epochs` epochs on the annotated slices, pseudo-label the unannotated slices
+    of partial annotations, keep the confident ones close to annotated slices (at least the
+    confidence_percentile-th percentile of the candidates' confidence, at most the
+    distance_percentile-th percentile of their embedding distance) and train `epochs` more epochs on
+    both; see MedSegAdaptLib.train.pseudo_labels."""
 
     epochs: int = 10
     batch_size: int = 2
@@ -36,6 +41,9 @@ class FineTuneOptions:
     priors: tuple[str, ...] = ()
     train_decoder: bool = True
     prompt: str = "box"
+    semi_supervised: bool = False
+    confidence_percentile: float = 50.0
+    distance_percentile: float = 50.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priors", tuple(self.priors))
@@ -51,5 +59,8 @@ class FineTuneOptions:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise InputError(f"learning rate must be positive, got {self.learning_rate}")
+        for name in ("confidence_percentile", "distance_percentile"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise InputError(f"{name.replace('_', ' ')} must be in [0, 100], got {getattr(self, name)}")
         if not 0 < self.validation_fraction < 1:
             raise InputError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")

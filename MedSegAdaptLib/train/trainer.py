@@ -22,6 +22,13 @@ training stops after `patience` epochs without improvement. With fewer slices al
 for the set number of epochs, and the last epoch is kept.
 
 A checkpoint is written atomically after every epoch, so an interrupted run resumes (`resume=`).
+
+Selective semi-supervision (`options.semi_supervised`): the run above is stage one; its best model
+then pseudo-labels the unannotated slices of partial annotations, the confident pseudo-labels close
+to annotated slices are added to the training slices (never to validation), and stage two trains
+`epochs` more epochs from stage one's best weights, with the same validation and early stopping (so
+stage one's weights stay the best when pseudo-labels do not improve validation). The selection is
+reported in the checkpoint's metrics ("pseudo_labels"); see MedSegAdaptLib.train.pseudo_labels.
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ from ..store.store import FineTuningStore
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .dataset import SliceDataset, TrainingSlice
 from .options import FineTuneOptions
+from .pseudo_labels import SelectionReport, pseudo_label_volume, select_pseudo_labels
 
 
 @dataclass
@@ -68,6 +76,7 @@ class FineTuneResult:
     history: list[dict] = field(default_factory=list)
     slices_encoded: int = 0
     stopped_early: bool = False
+    pseudo_labels: SelectionReport | None = None
 
 
 def split_validation(count: int, options: FineTuneOptions) -> tuple[list[int], list[int]]:
@@ -154,6 +163,29 @@ def _base_weights_sha256(path: Path | None) -> str | None:
     return metadata["backbone_weights_sha256"] if metadata is not None else file_sha256(Path(path))
 
 
+@dataclass
+class _TrainingState:
+    """Where a run stands: history, best epoch and weights, early-stopping counters."""
+
+    best_state: dict[str, torch.Tensor]
+    encoded: int
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best_epoch: int = 0
+    best_dice: float | None = None
+    stale: int = 0
+    stopped: bool = False
+
+    def restore(self, checkpoint: dict, prefixes: tuple[str, ...]) -> None:
+        """Continue from an interrupted run's checkpoint."""
+        metrics, stopping = checkpoint["metrics"], checkpoint.get("stopping", {})
+        self.start_epoch = int(checkpoint["epoch"])
+        self.history = list(metrics.get("history", []))
+        self.best_epoch, self.best_dice = metrics.get("best_epoch", 0), metrics.get("best_val_dice")
+        self.stale, self.stopped = int(stopping.get("stale_epochs", 0)), bool(stopping.get("stopped_early", False))
+        self.best_state = {k: v for k, v in checkpoint["model"].items() if k.startswith(prefixes)}
+
+
 class FineTuner:
     """One fine-tuning run of a store's training view; see the module docstring.
 
@@ -198,7 +230,11 @@ class FineTuner:
                 options = dataclasses.replace(options, priors=tuple(self.model.priors.use))
             elif options.priors:
                 attach_priors(self.model, options.priors, seed=options.seed)
+        if self.resumed is not None and options.semi_supervised:
+            raise InputError(f"checkpoint {resume} is of a semi-supervised run, which cannot be resumed "
+                             "(its pseudo-labels are not kept); start it again without --resume")
         self.options = options
+        self.pseudo_labels: SelectionReport | None = None
         self.guidance = PriorGuidance() if self.model.priors is not None else None
         if self.guidance is not None:
             self.guidance.check(self.model)
@@ -245,8 +281,11 @@ class FineTuner:
 
     def run(self, progress: ProgressCallback | None = None,
             on_epoch: Callable[[dict], None] | None = None) -> FineTuneResult:
-        """Train until `epochs` or early stopping, writing the checkpoint after every epoch."""
+        """Train until `epochs` or early stopping, writing the checkpoint after every epoch; with
+        semi_supervised, then select pseudo-labels and train `epochs` more on both."""
         opts, model = self.options, self.model
+        if opts.semi_supervised:
+            self.dataset.include_unannotated()
         encoded = self._encode(progress)
         model.requires_grad_(False)
         prefixes = _trainable_prefixes(opts)
@@ -255,24 +294,34 @@ class FineTuner:
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(parameters, lr=opts.learning_rate, betas=opts.betas,
                                       weight_decay=opts.weight_decay)
-        loss_fn = DiceCELoss(sigmoid=True)
-        tokens = self._prior_tokens()
-
-        history: list[dict] = []
-        start_epoch, best_epoch, best_dice, stale, stopped = 0, 0, None, 0, False
-        best_state = _trainable_state(model, opts)
+        state = _TrainingState(best_state=_trainable_state(model, opts), encoded=encoded)
         if self.resumed is not None:
             optimizer.load_state_dict(self.resumed["optimizer"])
-            start_epoch = int(self.resumed["epoch"])
-            metrics, stopping = self.resumed["metrics"], self.resumed.get("stopping", {})
-            history = list(metrics.get("history", []))
-            best_epoch, best_dice = metrics.get("best_epoch", 0), metrics.get("best_val_dice")
-            stale, stopped = int(stopping.get("stale_epochs", 0)), bool(stopping.get("stopped_early", False))
-            best_state = {k: v for k, v in self.resumed["model"].items() if k.startswith(prefixes)}
+            state.restore(self.resumed, prefixes)
+        self._train(optimizer, state, state.start_epoch, opts.epochs, "supervised", progress, on_epoch)
+        if opts.semi_supervised:
+            model.load_state_dict(state.best_state, strict=False)  # the teacher: stage one's best
+            self.pseudo_labels = self._select_pseudo_labels(progress)
+            self.train_index = self.train_index + self.dataset.add_pseudo_labels(self.pseudo_labels.accepted)
+            state.stale, state.stopped = 0, False
+            self._train(optimizer, state, opts.epochs, 2 * opts.epochs, "semi-supervised", progress, on_epoch)
+        if len(state.history) == state.start_epoch:  # a resumed run that had nothing left to do still writes
+            self._save(optimizer, state.start_epoch, state)
+        model.load_state_dict(state.best_state, strict=False)
+        model.eval().requires_grad_(False)
+        return FineTuneResult(self.output, self.training_set_version, self.dataset.structures,
+                              len(self.train_index), len(self.val_index), len(state.history), state.best_epoch,
+                              state.best_dice, state.history, encoded, state.stopped, self.pseudo_labels)
 
+    def _train(self, optimizer: torch.optim.Optimizer, state: _TrainingState, first: int, last: int, stage: str,
+               progress: ProgressCallback | None, on_epoch: Callable[[dict], None] | None) -> None:
+        """Epochs first+1 .. last on the current training slices, with validation and early stopping."""
+        opts, model = self.options, self.model
+        loss_fn = DiceCELoss(sigmoid=True)
+        tokens = self._prior_tokens()
         steps = max(math.ceil(len(self.train_index) / opts.batch_size), opts.min_steps_per_epoch)
-        for epoch in range(start_epoch, opts.epochs):
-            if stopped:
+        for epoch in range(first, last):
+            if state.stopped:
                 break
             started = time.perf_counter()
             rng = np.random.default_rng([opts.seed, epoch])  # boxes, order, prompt choice
@@ -294,45 +343,53 @@ class FineTuner:
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 if progress is not None:
-                    progress(f"fine-tuning epoch {epoch + 1}/{opts.epochs}", step + 1, steps)
+                    progress(f"fine-tuning epoch {epoch + 1}/{last}", step + 1, steps)
             val_dice = self.validate()
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
-                      "seconds": time.perf_counter() - started, "steps": steps}
-            history.append(record)
-            if val_dice is None or best_dice is None or val_dice > best_dice + 1e-4:
-                best_epoch, best_dice, stale = epoch + 1, val_dice, 0
-                best_state = _trainable_state(model, opts)
+            record = {"epoch": epoch + 1, "stage": stage, "train_loss": float(np.mean(losses)),
+                      "val_dice": val_dice, "seconds": time.perf_counter() - started, "steps": steps}
+            state.history.append(record)
+            if val_dice is None or state.best_dice is None or val_dice > state.best_dice + 1e-4:
+                state.best_epoch, state.best_dice, state.stale = epoch + 1, val_dice, 0
+                state.best_state = _trainable_state(model, opts)
             else:
-                stale += 1
-                stopped = stale >= opts.patience
-            record["best_epoch"] = best_epoch
-            self._save(optimizer, epoch + 1, history, best_epoch, best_dice, best_state,
-                       {"stale_epochs": stale, "stopped_early": stopped}, encoded)
+                state.stale += 1
+                state.stopped = state.stale >= opts.patience
+            record["best_epoch"] = state.best_epoch
+            self._save(optimizer, epoch + 1, state)
             if on_epoch is not None:
                 on_epoch(record)
-        if len(history) == start_epoch:  # a resumed run that had nothing left to do still writes its output
-            self._save(optimizer, start_epoch, history, best_epoch, best_dice, best_state,
-                       {"stale_epochs": stale, "stopped_early": stopped}, encoded)
-        model.load_state_dict(best_state, strict=False)
-        model.eval().requires_grad_(False)
-        return FineTuneResult(self.output, self.training_set_version, self.dataset.structures,
-                              len(self.train_index), len(self.val_index), len(history), best_epoch, best_dice,
-                              history, encoded, stopped)
 
-    def _save(self, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict], best_epoch: int,
-              best_dice: float | None, best_state: dict, stopping: dict, encoded: int) -> None:
+    def _select_pseudo_labels(self, progress: ProgressCallback | None) -> SelectionReport:
+        """Pseudo-label the unannotated slices of partial annotations with the current model and
+        select the confident ones close to annotated slices (see MedSegAdaptLib.train.pseudo_labels)."""
+        self.model.eval()
+        tokens = self._prior_tokens()
+        candidates = []
+        for number, annotation in enumerate(self.dataset.partial):
+            encoder = annotation.job.encoder(self.model, self.dataset.cache)
+            with torch.inference_mode():
+                candidates += pseudo_label_volume(encoder, annotation.masks, annotation.case_id, annotation.structure,
+                                                  prior_tokens=None if tokens is None else tokens[annotation.structure])
+            if progress is not None:
+                progress("pseudo-labelling", number + 1, len(self.dataset.partial))
+        return select_pseudo_labels(candidates, self.options.confidence_percentile, self.options.distance_percentile)
+
+    def _save(self, optimizer: torch.optim.Optimizer, epoch: int, state: _TrainingState) -> None:
         full = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        full.update(best_state)
+        full.update(state.best_state)
         options = dataclasses.asdict(self.options)
         options["betas"], options["priors"] = list(options["betas"]), list(options["priors"])
-        metrics = {"best_epoch": best_epoch, "best_val_dice": best_dice, "history": history,
+        metrics = {"best_epoch": state.best_epoch, "best_val_dice": state.best_dice, "history": state.history,
                    "train_slices": len(self.train_index), "val_slices": len(self.val_index),
-                   "slices_encoded": encoded, "options": options}
+                   "slices_encoded": state.encoded, "options": options}
+        if self.pseudo_labels is not None:
+            metrics["pseudo_labels"] = self.pseudo_labels.to_dict()
         save_checkpoint(self.output, make_checkpoint(
             backbone=self.model.spec.name, backbone_weights_sha256=self.base_sha256,
             training_set_version=self.training_set_version, structures=self.dataset.structures,
             metrics=metrics, model=full, optimizer=optimizer.state_dict(), epoch=epoch,
-            last_trainable=_trainable_state(self.model, self.options), stopping=stopping,
+            last_trainable=_trainable_state(self.model, self.options),
+            stopping={"stale_epochs": state.stale, "stopped_early": state.stopped},
             priors=None if self.guidance is None else self.guidance.metadata(self.options.priors)))
 
 
