@@ -3,7 +3,10 @@
 For each structure and budget K, each strategy picks K axial slices; their reference masks are
 submitted to a fresh store as a partial correction, the mask decoder is fine-tuned on them (frozen
 encoder, the `finetune` defaults), and the structure is segmented again from its reference box + 2
-voxels. Score: Dice on the slices NOT picked. Strategies:
+voxels. Score: Dice on the slices NOT picked, mean +- sd over the seeds (a seed draws the random
+strategies' slices and seeds the fine-tuning). Each run is done twice: supervised on the picked slices
+only, and with selective semi-supervision (`finetune --semi-supervised`: confident pseudo-labels of
+unpicked slices close to picked ones join training). Strategies:
 
 - suggest: `medsegadapt suggest` with the pretrained model and the reference box (DKD + ASD + diversity);
 - entropy only: ranked by foreground/boundary entropy alone (no disagreement, no DKD, no diversity);
@@ -11,10 +14,9 @@ voxels. Score: Dice on the slices NOT picked. Strategies:
 - foreground-aware random: random slices that contain the structure (nnActive's strong baseline);
 - random: random slices of the 3D box's range (a slice without the structure trains nothing).
 
-Random strategies run once per `--seeds` seed (mean +- sd); the others are deterministic.
-
-    python benchmarks/evaluate_suggestions.py [--structures "thoracic vertebral column"] [--budgets 1,3,5]
-        [--seeds 0,1,2,3,4] [--output-dir out/suggestions]
+    python benchmarks/evaluate_suggestions.py [--structures "thoracic vertebral column"] [--budgets 1,2,3,5]
+        [--seeds 0,1,2] [--strategies "suggest;uniform"] [--modes "supervised;semi-supervised"]
+        [--output-dir out/suggestions]
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_v
 from MedSegAdaptLib.loop_demo import held_out_dice, uniform_slices
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import fine_tune
+from MedSegAdaptLib.train import FineTuneOptions, fine_tune
 
 ENTROPY_ONLY = ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0)
 
@@ -58,14 +60,14 @@ def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, na
 
 
 def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box3D, slices: list[int],
-                    before: np.ndarray, cache: EmbeddingCache) -> float:
+                    before: np.ndarray, cache: EmbeddingCache, options: FineTuneOptions) -> float:
     """Held-out Dice after fine-tuning on `slices` (the pretrained result when they hold no foreground)."""
     folder.mkdir(parents=True)
     with FineTuningStore.init(folder / "store") as store:
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", name, truth, "reference", annotated_slices={"k": slices})
         try:
-            fine_tune(store, folder / "ft.pt", cache=cache)
+            fine_tune(store, folder / "ft.pt", cache=cache, options=options)
         except InputError:  # only empty slices picked: nothing to learn from
             return held_out_dice(before, truth, slices)
     tuned = Segmenter(load_backbone(checkpoint=folder / "ft.pt", for_inference=True), cache)
@@ -75,9 +77,10 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--structures", default="thoracic vertebral column", help="';'-separated")
-    parser.add_argument("--budgets", default="1,3,5")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random strategies")
+    parser.add_argument("--budgets", default="1,2,3,5")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
     parser.add_argument("--strategies", default="suggest;entropy only;uniform;foreground-aware random;random")
+    parser.add_argument("--modes", default="supervised;semi-supervised")
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()
     run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
@@ -93,28 +96,30 @@ def main() -> None:
         box = Box3D.around(truth, 2)
         before = pretrained.segment(volume, name, box=box).mask
         for strategy in args.strategies.split(";"):
-            row = {"structure": name, "strategy": strategy}
-            for budget in budgets:
-                scores, picks = [], []
-                for seed in seeds if "random" in strategy else [0]:
-                    slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
-                    folder = run_dir / f"{name}-{strategy}-{budget}-{seed}".replace(" ", "_")
-                    scores.append(fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache))
-                    picks.append(slices)
-                row[f"K={budget}"] = float(np.mean(scores))
-                row[f"K={budget} sd"] = float(np.std(scores)) if len(scores) > 1 else None
-                row[f"K={budget} slices"] = picks
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "results.jsonl", "a") as log:
-                log.write(json.dumps(row) + "\n")
-    print("| structure | strategy | " + " | ".join(f"K={b}" for b in budgets) + " |")
-    print("|---|---|" + "---|" * len(budgets))
+            for mode in args.modes.split(";"):
+                row = {"structure": name, "strategy": strategy, "mode": mode}
+                for budget in budgets:
+                    scores, picks = [], []
+                    for seed in seeds:
+                        slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
+                        folder = run_dir / f"{name}-{strategy}-{mode}-{budget}-{seed}".replace(" ", "_")
+                        options = FineTuneOptions(seed=seed, semi_supervised=mode == "semi-supervised")
+                        scores.append(fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache,
+                                                      options))
+                        picks.append(slices)
+                    row[f"K={budget}"] = float(np.mean(scores))
+                    row[f"K={budget} sd"] = float(np.std(scores))
+                    row[f"K={budget} slices"] = picks
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                with open(run_dir / "results.jsonl", "a") as log:
+                    log.write(json.dumps(row) + "\n")
+    print("| structure | strategy | fine-tuning | " + " | ".join(f"K={b}" for b in budgets) + " |")
+    print("|---|---|---|" + "---|" * len(budgets))
     for row in rows:
-        cells = [f"{row[f'K={b}']:.3f}" + ("" if row[f"K={b} sd"] is None else f" ± {row[f'K={b} sd']:.3f}")
-                 for b in budgets]
-        print(f"| {row['structure']} | {row['strategy']} | " + " | ".join(cells) + " |")
+        cells = [f"{row[f'K={b}']:.3f} ± {row[f'K={b} sd']:.3f}" for b in budgets]
+        print(f"| {row['structure']} | {row['strategy']} | {row['mode']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
