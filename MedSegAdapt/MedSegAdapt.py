@@ -10,7 +10,7 @@ import importlib.util
 import logging
 import os
 import tempfile
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import qt
 import slicer
@@ -62,9 +62,10 @@ class MedSegAdapt(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations", "Markups"]
         self.parent.contributors = ["MedSegAdapt team"]
         self.parent.helpText = (
-            "Segment a structure of a CT or MR volume with LiteMedSAM from an ROI box and/or points, "
-            "then correct it in the Segment Editor and submit the correction to a versioned fine-tuning "
-            "store. Report-guided segmentation and adaptation follow in later versions."
+            "Segment a structure of a CT or MR volume with LiteMedSAM from an ROI box, points or a report; "
+            "get the slices most worth correcting next, with the reason; correct them in the Segment Editor "
+            "and submit each correction as a new version of a fine-tuning store; fine-tune the model on the "
+            "store (loss and Dice plotted per epoch) and review queued pseudo-labels and synthetic samples."
         )
         self.parent.acknowledgementText = "Built on LiteMedSAM, segment-anything, MONAI and slicerio."
 
@@ -88,6 +89,15 @@ class MedSegAdaptParameterNode:
     caseId: str = ""
     annotator: str = ""
     annotatedSlices: str = ""
+    budget: int = 5
+    epochs: int = 10
+    priors: str = ""
+    fineTuneOutput: str = ""
+    reviewer: str = ""
+    trainingTable: slicer.vtkMRMLTableNode
+    trainingChart: slicer.vtkMRMLPlotChartNode
+    reviewVolume: slicer.vtkMRMLScalarVolumeNode
+    reviewSegmentation: slicer.vtkMRMLSegmentationNode
 
 
 #
@@ -204,7 +214,7 @@ class MedSegAdaptLogic(ScriptedLoadableModuleLogic):
 
 
 class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: Inputs, Segment, Corrections, Settings."""
+    """The panel: Inputs, Segment, Suggestions, Corrections, Adapt, Settings."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -214,9 +224,13 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._worker = None
         self._job = None
+        self._jobKind = None
         self._jobContext = None
+        self._jobControls = {}
         self._timer = None
         self._observedSegmentation = None
+        self._suggestions = (None, [])
+        self._reviewLabels = []
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -232,20 +246,43 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.defaultDeviceComboBox.currentText = settings.value(SETTINGS_PREFIX + "device", "auto")
         self.ui.checkpointPathLineEdit.currentPath = settings.value(SETTINGS_PREFIX + "checkpoint", "")
         self.ui.structureComboBox.addItems(self._standardNames())
-        self.ui.historyTableWidget.setColumnCount(6)
-        self.ui.historyTableWidget.setHorizontalHeaderLabels(["Structure", "Version", "Kind", "Annotator", "Time", "Voxels"])
-        self.ui.historyTableWidget.horizontalHeader().setStretchLastSection(True)
+        self._setColumns(self.ui.historyTableWidget,
+                         ["Structure", "Version", "Kind", "Status", "Annotator", "Time", "Voxels"])
+        self._setColumns(self.ui.suggestionsTableWidget, ["Slice", "Score", "DKD", "ASD", "Reason"])
+        self._setColumns(self.ui.reviewQueueTableWidget,
+                         ["Id", "Case", "Structure", "Version", "Kind", "Submitted by", "Comment"])
+
+        # One row per kind of long work: its start/stop button, texts, progress bar, status label.
+        self._jobControls = {
+            "segment": _JobControls(self.ui.applyButton, "Apply", "Cancel", "Stop the running segmentation.",
+                                    self.ui.progressBar, self.ui.statusLabel, "Segmentation failed"),
+            "suggest": _JobControls(self.ui.suggestButton, "Suggest slices", "Cancel", "Stop suggesting.",
+                                    self.ui.suggestProgressBar, self.ui.suggestStatusLabel,
+                                    "Suggesting slices failed"),
+            "finetune": _JobControls(self.ui.fineTuneButton, "Start fine-tuning", "Stop fine-tuning",
+                                     "Stop after the current step; the checkpoint keeps the last completed epoch.",
+                                     self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel, "Fine-tuning failed"),
+        }
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
+        self.ui.suggestionsTableWidget.connect("cellClicked(int,int)", self.onSuggestionClicked)
         self.ui.submitCorrectionButton.connect("clicked(bool)", self.onSubmitCorrection)
         self.ui.refreshHistoryButton.connect("clicked(bool)", self.onRefreshHistory)
+        self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTuneButton)
+        self.ui.refreshReviewQueueButton.connect("clicked(bool)", self.onRefreshReviewQueue)
+        self.ui.reviewQueueTableWidget.connect("itemSelectionChanged()", self._checkCanApply)
+        self.ui.previewLabelButton.connect("clicked(bool)", self.onPreviewLabel)
+        self.ui.acceptLabelButton.connect("clicked(bool)", self.onAcceptLabel)
+        self.ui.rejectLabelButton.connect("clicked(bool)", self.onRejectLabel)
         self.ui.checkDependenciesButton.connect("clicked(bool)", self.onCheckDependencies)
         self.ui.structureComboBox.connect("currentTextChanged(QString)", self.onStructureChanged)
         self.ui.reportTextEdit.connect("textChanged()", self.onReportChanged)
         self.ui.storePathLineEdit.connect("currentPathChanged(QString)", self.onStorePathChanged)
+        self.ui.fineTuneOutputPathLineEdit.connect("currentPathChanged(QString)", self.onFineTuneOutputChanged)
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
         self.ui.defaultDeviceComboBox.connect("currentTextChanged(QString)", self.onSettingsChanged)
@@ -255,6 +292,22 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.connect("timeout()", self.onPollJob)
 
         self.initializeParameterNode()
+
+    @staticmethod
+    def _setColumns(table, headers):
+        table.setColumnCount(len(headers))
+        table.setHorizontalHeaderLabels(headers)
+        table.horizontalHeader().setStretchLastSection(True)
+
+    @staticmethod
+    def _fillTable(table, rows):
+        """Fill a read-only table widget with rows of values (shown as text, full text as tooltip)."""
+        table.setRowCount(len(rows))
+        for row, values in enumerate(rows):
+            for column, value in enumerate(values):
+                item = qt.QTableWidgetItem(str(value))
+                item.setToolTip(str(value))
+                table.setItem(row, column, item)
 
     @staticmethod
     def _standardNames():
@@ -289,6 +342,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             self._job.cancel()
         self.onSegmentationChanged(None)
+        self._showSuggestions(None, [])
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -315,30 +369,46 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.structureComboBox.currentText = self._parameterNode.structure
             self.ui.reportTextEdit.setPlainText(self._parameterNode.report)
             self.ui.storePathLineEdit.currentPath = self._parameterNode.storePath
+            self.ui.fineTuneOutputPathLineEdit.currentPath = self._parameterNode.fineTuneOutput
             self.onSegmentationChanged(self._parameterNode.segmentation)
+            self.onRefreshReviewQueue()
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None):
         node = self._parameterNode
-        running = self._job is not None
-        if running:
-            self.ui.applyButton.text = "Cancel"
-            self.ui.applyButton.toolTip = "Stop the running segmentation."
-            self.ui.applyButton.enabled = True
-        else:
-            self.ui.applyButton.text = "Apply"
-            prompt_free = bool(self.ui.checkpointPathLineEdit.currentPath)  # a fine-tuned checkpoint may need none
-            ready = bool(node and node.inputVolume and node.segmentation and (node.roi or node.points or prompt_free)
-                         and (self.ui.structureComboBox.currentText.strip()
-                              or self.ui.reportTextEdit.toPlainText().strip()))
-            self.ui.applyButton.enabled = ready
-            self.ui.applyButton.toolTip = ("Segment the structure." if ready else
-                                           "Select a volume, a segmentation, a structure (or a report) and an ROI "
-                                           "or points.")
+        structure = self.ui.structureComboBox.currentText.strip()
+        prompt_free = bool(self.ui.checkpointPathLineEdit.currentPath)  # a fine-tuned checkpoint may need none
+        ready = {
+            "segment": (bool(node and node.inputVolume and node.segmentation and (node.roi or node.points or prompt_free)
+                             and (structure or self.ui.reportTextEdit.toPlainText().strip())),
+                        "Segment the structure.",
+                        "Select a volume, a segmentation, a structure (or a report) and an ROI or points."),
+            "suggest": (bool(node and node.inputVolume and structure),
+                        "Rank the slices of the volume to correct next (slices annotated in the store are skipped).",
+                        "Select a volume and a structure."),
+            "finetune": (bool(node and node.storePath),
+                         "Fine-tune the model on the store's corrections and accepted labels.",
+                         "Choose the fine-tuning store folder (Corrections)."),
+        }
+        for kind, controls in self._jobControls.items():
+            button = controls.button
+            if self._jobKind == kind:
+                button.text, button.enabled, button.toolTip = controls.busy, True, controls.busyTip
+                continue
+            ok, readyTip, missingTip = ready[kind]
+            button.text = controls.idle
+            button.enabled = ok and self._jobKind is None
+            button.toolTip = ((readyTip if ok else missingTip) if self._jobKind is None
+                              else "Wait for the running work to finish, or stop it.")
         self.ui.submitCorrectionButton.enabled = bool(
-            not running and node and node.inputVolume and node.segmentation and node.storePath
+            self._jobKind != "segment" and node and node.inputVolume and node.segmentation and node.storePath
             and node.caseId and node.annotator and self.ui.correctionSegmentComboBox.currentText
         )
+        selected = self._selectedReviewLabel() is not None
+        self.ui.previewLabelButton.enabled = selected
+        canReview = bool(selected and node and node.reviewer.strip())
+        self.ui.acceptLabelButton.enabled = canReview
+        self.ui.rejectLabelButton.enabled = canReview
 
     def onStructureChanged(self, text):
         if self._parameterNode:
@@ -352,6 +422,11 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStorePathChanged(self, path):
         if self._parameterNode:
             self._parameterNode.storePath = path
+        self.onRefreshReviewQueue()
+
+    def onFineTuneOutputChanged(self, path):
+        if self._parameterNode:
+            self._parameterNode.fineTuneOutput = path
 
     def onSegmentationChanged(self, node):
         events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
@@ -404,18 +479,70 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._dependenciesReady()
 
-    # --- segmentation (worker thread) --------------------------------------------------------------
+    def _configuredCore(self):
+        """The Qt-free logic with the Settings' checkpoint and the chosen device."""
+        core = self.logic.core
+        core.configure(checkpoint=self.ui.checkpointPathLineEdit.currentPath or None,
+                       device=self._parameterNode.device)
+        return core
+
+    # --- long work on the worker thread, polled by the timer ----------------------------------------
+
+    def _startJob(self, kind, function, description, context):
+        """Run ``function(progress)`` on the worker thread; the timer shows its progress and finishes it."""
+        if self._worker is None:
+            self._worker = _logic_base().Worker()
+        self._job = self._worker.submit(function, description)
+        self._jobKind, self._jobContext = kind, context
+        bar = self._jobControls[kind].progressBar
+        bar.setValue(0)
+        bar.format = "Loading model"
+        self._checkCanApply()
+        self._timer.start()
+
+    def _stopJob(self, message):
+        self._job.cancel()
+        self._jobControls[self._jobKind].statusLabel.text = message
+
+    def onPollJob(self):
+        job, kind = self._job, self._jobKind
+        if job is None:
+            self._timer.stop()
+            return
+        controls = self._jobControls[kind]
+        bar = controls.progressBar
+        bar.maximum = max(job.total, 1)
+        bar.setValue(job.done if job.total else 0)
+        bar.format = _logic_base().progress_text(job.stage, job.done, job.total) if job.state == "running" else job.state.capitalize()
+        if kind == "finetune":
+            self._showTrainingHistory(self._jobContext)
+        if not job.finished:
+            return
+        self._timer.stop()
+        context = self._jobContext
+        self._job = self._jobKind = self._jobContext = None
+        if job.state == "failed":
+            bar.format = "Failed"
+            self._showError(controls.failure, job.error, controls.statusLabel)
+        else:
+            bar.format = "Done" if job.state == "done" else ("Stopped" if kind == "finetune" else "Cancelled")
+            if job.state == "done":
+                bar.setValue(bar.maximum)
+            finish = {"segment": self._finishSegmentation, "suggest": self._finishSuggestions,
+                      "finetune": self._finishFineTuning}[kind]
+            finish(job, context)
+        self._checkCanApply()
+
+    # --- segmentation -------------------------------------------------------------------------------
 
     def onApplyButton(self):
-        if self._job is not None:
-            self._job.cancel()
-            self.ui.statusLabel.text = "Cancelling..."
+        if self._jobKind == "segment":
+            self._stopJob("Cancelling...")
             return
         if not self._dependenciesReady():
             return
         node = self._parameterNode
-        core = self.logic.core
-        core.configure(checkpoint=self.ui.checkpointPathLineEdit.currentPath or None, device=node.device)
+        core = self._configuredCore()
         try:
             # Scene reading happens here, on the main thread.
             request = core.prepare(node.inputVolume, self.ui.structureComboBox.currentText, node.roi,
@@ -424,54 +551,76 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:
             self._showError("Cannot segment", error)
             return
-        if self._worker is None:
-            self._worker = _logic_base().Worker()
-        self._jobContext = (request, node.inputVolume, node.segmentation)
-        self._job = self._worker.submit(lambda progress: core.run_model(request, progress),
-                                        f"segmenting {request.structure or 'the structure the report names'}")
-        self.ui.progressBar.setValue(0)
-        self.ui.progressBar.format = "Loading model"
-        self.ui.statusLabel.text = f"Segmenting {request.structure or 'the structure the report names'}..."
-        self._checkCanApply()
-        self._timer.start()
+        what = request.structure or "the structure the report names"
+        self.ui.statusLabel.text = f"Segmenting {what}..."
+        self._startJob("segment", lambda progress: core.run_model(request, progress), f"segmenting {what}",
+                       (request, node.inputVolume, node.segmentation))
 
-    def onPollJob(self):
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
-        base = _logic_base()
-        self.ui.progressBar.maximum = max(job.total, 1)
-        self.ui.progressBar.setValue(job.done if job.total else 0)
-        self.ui.progressBar.format = base.progress_text(job.stage, job.done, job.total) if job.state == "running" else job.state.capitalize()
-        if not job.finished:
-            return
-        self._timer.stop()
-        self._job = None
-        request, volumeNode, segmentationNode = self._jobContext
-        self._jobContext = None
-        if job.state == "done":
-            try:
-                with slicer.util.NodeModify(segmentationNode):
-                    segmentId = self.logic.core.apply(job.result, request, volumeNode, segmentationNode)
-                segmentationNode.CreateDefaultDisplayNodes()
-                outcome = job.result
-                self.ui.progressBar.format = "Done"
-                self.ui.progressBar.setValue(self.ui.progressBar.maximum)
-                self.ui.statusLabel.text = (
-                    f"{request.structure or outcome.report.structure}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
-                    f"({outcome.slices_encoded} slices encoded, {outcome.modality}: {outcome.modality_reason})."
-                )
-                self.ui.correctionSegmentComboBox.currentText = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-            except Exception as error:
-                self._showError("Could not write the segment", error)
-        elif job.state == "cancelled":
-            self.ui.progressBar.format = "Cancelled"
+    def _finishSegmentation(self, job, context):
+        request, volumeNode, segmentationNode = context
+        if job.state == "cancelled":
             self.ui.statusLabel.text = "Segmentation cancelled; nothing was changed."
-        else:
-            self.ui.progressBar.format = "Failed"
-            self._showError("Segmentation failed", job.error)
-        self._checkCanApply()
+            return
+        try:
+            with slicer.util.NodeModify(segmentationNode):
+                segmentId = self.logic.core.apply(job.result, request, volumeNode, segmentationNode)
+            segmentationNode.CreateDefaultDisplayNodes()
+        except Exception as error:
+            self._showError("Could not write the segment", error)
+            return
+        outcome = job.result
+        self.ui.statusLabel.text = (
+            f"{request.structure or outcome.report.structure}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
+            f"({outcome.slices_encoded} slices encoded, {outcome.modality}: {outcome.modality_reason})."
+        )
+        self.ui.correctionSegmentComboBox.currentText = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+
+    # --- suggestions --------------------------------------------------------------------------------
+
+    def onSuggestButton(self):
+        if self._jobKind == "suggest":
+            self._stopJob("Cancelling...")
+            return
+        if not self._dependenciesReady():
+            return
+        node = self._parameterNode
+        core = self._configuredCore()
+        try:
+            request = core.prepare_suggestion(node.inputVolume, self.ui.structureComboBox.currentText, node.budget,
+                                              node.storePath, node.caseId, node.roi, node.points,
+                                              node.backgroundPoints)
+        except Exception as error:
+            self._showError("Cannot suggest slices", error, self.ui.suggestStatusLabel)
+            return
+        self._showSuggestions(None, [])
+        self.ui.suggestStatusLabel.text = f"Scoring the slices of {request.structure}..."
+        self._startJob("suggest", lambda progress: core.run_suggestion(request, progress),
+                       f"suggesting slices for {request.structure}", node.inputVolume)
+
+    def _finishSuggestions(self, job, volumeNode):
+        if job.state == "cancelled":
+            self.ui.suggestStatusLabel.text = "Suggesting cancelled."
+            return
+        suggestions = job.result
+        self._showSuggestions(volumeNode, suggestions)
+        self.ui.suggestStatusLabel.text = (
+            f"{len(suggestions)} slices to correct next, best first; click one to show it." if suggestions
+            else "Nothing left to suggest: every candidate slice is already annotated.")
+
+    def _showSuggestions(self, volumeNode, suggestions):
+        self._suggestions = (volumeNode, list(suggestions))
+        self._fillTable(self.ui.suggestionsTableWidget,
+                        [[f"{s.axis}:{s.index}", f"{s.score:.2f}", f"{s.dkd:.2f}", f"{s.asd:.2f}", s.reason]
+                         for s in suggestions])
+
+    def onSuggestionClicked(self, row, column):
+        volumeNode, suggestions = self._suggestions
+        if volumeNode is None or not 0 <= row < len(suggestions):
+            return
+        try:
+            jump_to_slice(volumeNode, suggestions[row].axis, suggestions[row].index)
+        except Exception as error:
+            self._showError("Cannot show the slice", error, self.ui.suggestStatusLabel)
 
     # --- corrections --------------------------------------------------------------------------------
 
@@ -507,17 +656,158 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:
             self.ui.statusLabel.text = str(error)
             return
-        table.setRowCount(len(versions))
-        for row, v in enumerate(versions):
-            for column, value in enumerate([v.structure, v.version, v.kind, v.annotator or "", v.time, v.voxels]):
-                table.setItem(row, column, qt.QTableWidgetItem(str(value)))
+        self._fillTable(table, [[v.structure, v.version, v.kind, v.review_status or "", v.annotator or "", v.time,
+                                 v.voxels] for v in versions])
+
+    # --- adaptation: fine-tuning --------------------------------------------------------------------
+
+    def onFineTuneButton(self):
+        if self._jobKind == "finetune":
+            self._stopJob("Stopping after the current step...")
+            return
+        if not self._dependenciesReady():
+            return
+        node = self._parameterNode
+        core = self._configuredCore()
+        try:
+            options = core.fine_tune_options(node.epochs, node.priors)
+            output = node.fineTuneOutput or core.default_checkpoint_path(node.storePath)
+        except Exception as error:
+            self._showError("Cannot fine-tune", error, self.ui.fineTuneStatusLabel)
+            return
+        self.ui.fineTuneOutputPathLineEdit.currentPath = output
+        table = core.training_history_table([], slicer.mrmlScene, node.trainingTable)
+        node.trainingTable = table
+        node.trainingChart = core.training_history_chart(table, node.trainingChart)
+        slicer.modules.plots.logic().ShowChartInLayout(node.trainingChart)
+        records = []  # appended on the worker thread, plotted on this one
+        storePath = node.storePath
+        self.ui.fineTuneStatusLabel.text = f"Fine-tuning on {storePath}, writing {output} after every epoch..."
+        self._startJob("finetune",
+                       lambda progress: core.fine_tune(storePath, output, options, progress, records.append),
+                       "fine-tuning", {"records": records, "output": output, "shown": 0})
+
+    def _showTrainingHistory(self, context):
+        records = list(context["records"])
+        node = self._parameterNode
+        if len(records) == context["shown"] or node is None or node.trainingTable is None:
+            return
+        self.logic.core.training_history_table(records, slicer.mrmlScene, node.trainingTable)
+        context["shown"] = len(records)
+
+    def _finishFineTuning(self, job, context):
+        self._showTrainingHistory(context)
+        output, epochs = context["output"], len(context["records"])
+        if job.state == "cancelled":
+            self.ui.fineTuneStatusLabel.text = (
+                f"Stopped; {output} holds epoch {context['records'][-1]['epoch']}." if epochs
+                else f"Stopped before the first epoch ended; nothing was written to {output}.")
+            return
+        result = job.result
+        best = "" if result.best_val_dice is None else f", validation Dice {result.best_val_dice:.3f}"
+        self.ui.fineTuneStatusLabel.text = (
+            f"Fine-tuned on {result.train_slices} slices of {', '.join(result.structures)}: best epoch "
+            f"{result.best_epoch} of {result.epochs_run}{best}. Segmentation and suggestions now use {output}.")
+        self.ui.checkpointPathLineEdit.currentPath = str(output)
+
+    # --- adaptation: review queue -------------------------------------------------------------------
+
+    def onRefreshReviewQueue(self):
+        node = self._parameterNode
+        self._reviewLabels = []
+        self.ui.reviewQueueTableWidget.setRowCount(0)
+        if not (node and node.storePath) or not os.path.isdir(node.storePath) or missing_dependencies():
+            self._checkCanApply()
+            return
+        try:
+            self._reviewLabels = self.logic.core.review_queue(node.storePath)
+        except Exception as error:  # shown, not raised: this runs whenever the store path changes
+            self.ui.reviewStatusLabel.text = str(error)
+            self._checkCanApply()
+            return
+        self._fillTable(self.ui.reviewQueueTableWidget,
+                        [[v.label_id, v.case_id, v.structure, v.version, v.kind, v.annotator or "", v.comment or ""]
+                         for v in self._reviewLabels])
+        self.ui.reviewStatusLabel.text = f"{len(self._reviewLabels)} labels awaiting review."
+        self._checkCanApply()
+
+    def _selectedReviewLabel(self):
+        table = self.ui.reviewQueueTableWidget
+        row = table.currentRow()
+        return self._reviewLabels[row] if table.selectedItems() and 0 <= row < len(self._reviewLabels) else None
+
+    def onPreviewLabel(self):
+        label = self._selectedReviewLabel()
+        node = self._parameterNode
+        if label is None:
+            return
+        try:
+            with slicer.util.WaitCursor():
+                for previous in (node.reviewVolume, node.reviewSegmentation):
+                    if previous is not None:
+                        slicer.mrmlScene.RemoveNode(previous)
+                volumeNode, segmentationNode = self.logic.core.preview_label(node.storePath, label.label_id,
+                                                                             slicer.mrmlScene)
+            node.reviewVolume, node.reviewSegmentation = volumeNode, segmentationNode
+            slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+            if label.annotated_slices:  # a partial label: show its first labeled slice
+                axis, indices = next(iter(label.annotated_slices.items()))
+                jump_to_slice(volumeNode, axis, indices[0])
+        except Exception as error:
+            self._showError("Cannot preview the label", error, self.ui.reviewStatusLabel)
+            return
+        self.ui.reviewStatusLabel.text = (f"Showing {label.structure} version {label.version} ({label.kind}) of case "
+                                          f"{label.case_id}.")
+
+    def onAcceptLabel(self):
+        self._review(True)
+
+    def onRejectLabel(self):
+        self._review(False)
+
+    def _review(self, accept):
+        label = self._selectedReviewLabel()
+        node = self._parameterNode
+        if label is None:
+            return
+        try:
+            reviewed = self.logic.core.review(node.storePath, label.label_id, accept, node.reviewer,
+                                              self.ui.reviewCommentLineEdit.text)
+        except Exception as error:
+            self._showError("Could not record the review", error, self.ui.reviewStatusLabel)
+            return
+        self.ui.reviewCommentLineEdit.text = ""
+        self.onRefreshReviewQueue()
+        self.onRefreshHistory()
+        self.ui.reviewStatusLabel.text = (
+            f"{reviewed.review_status.capitalize()} {reviewed.structure} version {reviewed.version} of case "
+            f"{reviewed.case_id}" + ("; it now counts for fine-tuning." if reviewed.trains else "."))
 
     # --- errors -------------------------------------------------------------------------------------
 
-    def _showError(self, what, error):
+    def _showError(self, what, error, statusLabel=None):
         logger.error("MedSegAdapt: %s: %s", what, error, exc_info=error)
         slicer.util.errorDisplay(f"{what}: {error}", detailedText=f"{type(error).__name__}: {error}")
-        self.ui.statusLabel.text = f"{what}: {error}"
+        (statusLabel or self.ui.statusLabel).text = f"{what}: {error}"
+
+
+class _JobControls(NamedTuple):
+    """The widgets of one kind of long work (segment, suggest, fine-tune)."""
+
+    button: Any
+    idle: str
+    busy: str
+    busyTip: str
+    progressBar: Any
+    statusLabel: Any
+    failure: str
+
+
+def jump_to_slice(volumeNode, axis, index):
+    """Move every slice view onto IJK slice ``index`` along ``axis`` of the volume; returns the RAS point."""
+    position = _logic_base().slice_position_ras(volumeNode, axis, index)
+    slicer.modules.markups.logic().JumpSlicesToLocation(*position, False)
+    return position
 
 
 #
@@ -526,7 +816,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedSegAdaptTest(ScriptedLoadableModuleTest):
-    """Real round trip on CTChest4: load, segment the right lung from an ROI, check Dice, submit, read back."""
+    """Real round trip on CTChest4: load, segment the right lung from an ROI, check Dice, suggest slices and
+    jump to one, submit, read back."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -560,6 +851,14 @@ class MedSegAdaptTest(ScriptedLoadableModuleTest):
         score = base.dice(mask, truth)
         self.delayDisplay(f"Dice right lung: {score:.3f}")
         self.assertGreaterEqual(score, 0.85)
+
+        suggestions = logic.suggest(volumeNode, "right lung", 2, roi_node=roi)  # embeddings cached: decoder only
+        self.assertEqual(len(suggestions), 2)
+        first = suggestions[0]
+        self.delayDisplay(f"Suggested {first.axis}:{first.index}: {first.reason}")
+        position = jump_to_slice(volumeNode, first.axis, first.index)
+        red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
+        self.assertAlmostEqual(red.GetSliceOffset(), position[2], places=3)  # the axial view shows that slice
 
         with tempfile.TemporaryDirectory() as folder:
             store = os.path.join(folder, "store")

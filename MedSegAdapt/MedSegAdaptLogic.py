@@ -1,4 +1,5 @@
-"""MedSegAdapt Logic: every MRML <-> MedSegAdaptLib conversion, segmentation and correction submission.
+"""MedSegAdapt Logic: every MRML <-> MedSegAdaptLib conversion, segmentation, suggestions, corrections,
+fine-tuning and review.
 
 This file imports neither Qt nor ``slicer.ScriptedLoadableModule``, so it runs in Slicer's Python
 console, in the module's widget and in tests on a real MRML scene from the ``slicer-core`` package.
@@ -14,16 +15,22 @@ In Slicer::
     import MedSegAdaptLogic
     logic = MedSegAdaptLogic.MedSegAdaptLogic()
     segment_id = logic.segment(getNode("CTChest"), getNode("Segmentation"), "right lung", roi_node=getNode("R"))
+    for s in logic.suggest(getNode("CTChest"), "right lung", 3, roi_node=getNode("R")):
+        print(s.axis, s.index, round(s.score, 2), s.reason)
+    result = logic.fine_tune("/data/store", "/data/finetuned.pt", logic.fine_tune_options(epochs=5))
+    chart = logic.training_history_chart(logic.training_history_table(result.history, slicer.mrmlScene))
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +40,8 @@ from vtk.util import numpy_support
 import slicer
 
 from MedSegAdaptLib.errors import InputError
-from MedSegAdaptLib.inference import Box3D, Point3D
+from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D
+from MedSegAdaptLib.inference.prompts import AXIS_NAMES
 from MedSegAdaptLib.io import Geometry, Segment, Segmentation, Volume, default_color, standard_terminology
 
 logger = logging.getLogger("MedSegAdapt")
@@ -434,6 +442,125 @@ def fiducials_from_points(points: Sequence[Point3D], volume_node, points_node=No
     return points_node
 
 
+def _prompts(volume_node, roi_node=None, points_node=None, background_points_node=None) -> tuple[Box3D | None, list[Point3D]]:
+    """(voxel box of the ROI or None, foreground then background voxel points) read from the scene."""
+    box = box_from_roi(roi_node, volume_node) if roi_node is not None else None
+    points = points_from_node(points_node, volume_node, 1) if points_node is not None else []
+    if background_points_node is not None:
+        points += points_from_node(background_points_node, volume_node, 0)
+    return box, points
+
+
+# --- slices --------------------------------------------------------------------------------------
+
+
+def axis_number(axis: str | int) -> int:
+    """0, 1 or 2 for a volume axis given as 'i', 'j', 'k' (any case) or as that number."""
+    if isinstance(axis, str) and axis.strip().lower() in AXIS_NAMES:
+        return AXIS_NAMES.index(axis.strip().lower())
+    if not isinstance(axis, (bool, str)) and axis in (0, 1, 2):
+        return int(axis)
+    raise InputError(f"axis {axis!r} is not a volume axis; expected i, j or k")
+
+
+def slice_position_ras(volume_node, axis: str | int, index: int) -> tuple[float, float, float]:
+    """World RAS position of the centre of IJK slice ``index`` along ``axis`` (parent linear transforms
+    included): where the slice views jump to show that slice."""
+    number = axis_number(axis)
+    shape = geometry_from_volume_node(volume_node).shape
+    if isinstance(index, bool) or not 0 <= index < shape[number]:
+        raise InputError(f"slice {index!r} along {AXIS_NAMES[number]} is outside {volume_node.GetName()}; "
+                         f"expected 0..{shape[number] - 1}")
+    ijk = (np.array(shape, dtype=float) - 1.0) / 2.0
+    ijk[number] = index
+    world = _ijk_to_world(volume_node) @ np.append(ijk, 1.0)
+    return float(world[0]), float(world[1]), float(world[2])
+
+
+# --- fine-tuning history as table and plot nodes -------------------------------------------------
+
+#: Table columns of the fine-tuning history: (column name, key of the trainer's epoch record).
+HISTORY_COLUMNS = (("epoch", "epoch"), ("loss", "train_loss"), ("validation Dice", "val_dice"))
+#: Plotted columns and their colours (RGB 0..1).
+HISTORY_SERIES = (("loss", (0.85, 0.37, 0.0)), ("validation Dice", (0.0, 0.45, 0.7)))
+
+
+def training_history_table(history: Sequence[dict], scene, table_node=None,
+                           name: str = "MedSegAdapt fine-tuning"):
+    """A table node (new, or ``table_node`` refilled) with one row per epoch record of the trainer:
+    columns epoch, loss (mean training loss) and validation Dice (NaN without validation slices)."""
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = vtk.vtkTable()
+    for column, key in HISTORY_COLUMNS:
+        array = vtk.vtkIntArray() if column == "epoch" else vtk.vtkDoubleArray()
+        array.SetName(column)
+        for record in history:
+            value = record.get(key)
+            array.InsertNextValue(value if value is not None else float("nan"))
+        table.AddColumn(array)
+    table_node.SetAndObserveTable(table)
+    return table_node
+
+
+def training_history_chart(table_node, chart_node=None, name: str = "MedSegAdapt fine-tuning"):
+    """A plot chart (new, or ``chart_node`` completed) with loss and validation Dice against epoch, as
+    line-and-marker series over ``table_node``'s columns."""
+    scene = _scene_of(table_node)
+    if chart_node is None:
+        chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart_node.SetTitle("Fine-tuning")
+    chart_node.SetXAxisTitle("epoch")
+    chart_node.SetYAxisTitle("loss / Dice")
+    existing = {}
+    for i in range(chart_node.GetNumberOfPlotSeriesNodes()):
+        series = chart_node.GetNthPlotSeriesNode(i)
+        existing[series.GetYColumnName()] = series
+    for column, color in HISTORY_SERIES:
+        series = existing.get(column)
+        if series is None:
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name}: {column}")
+            chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName("epoch")
+        series.SetYColumnName(column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+        series.SetColor(*color)
+    return chart_node
+
+
+# --- the fine-tuning store -----------------------------------------------------------------------
+
+
+def _store_folder(store_path: str | os.PathLike | None) -> Path:
+    """``store_path`` as a Path; InputError when none was given."""
+    if not str(store_path or "").strip():
+        raise InputError("No fine-tuning store folder given; expected a folder path")
+    return Path(store_path)
+
+
+def _open_store(store_path: str | os.PathLike | None):
+    """The existing fine-tuning store at ``store_path`` (InputError when it is not a store)."""
+    from MedSegAdaptLib.store import FineTuningStore
+
+    return FineTuningStore(_store_folder(store_path))
+
+
+def _existing_case(store_path: str | os.PathLike | None, case_id: str | None) -> str | None:
+    """The id of case ``case_id`` in the store, or None when no store or no such case exists yet
+    (a new or empty folder is a store that has not been created yet)."""
+    if not str(store_path or "").strip() or not str(case_id or "").strip():
+        return None
+    folder = Path(store_path)
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return None
+    with _open_store(folder) as store:
+        return next((case.case_id for case in store.cases() if case.case_id.casefold() == case_id.strip().casefold()),
+                    None)
+
+
 # --- the Logic -----------------------------------------------------------------------------------
 
 
@@ -449,17 +576,38 @@ class SegmentationRequest:
     report: str | None = None
 
 
-class MedSegAdaptLogic:
-    """Slicer-free Logic of the module: conversions, segmentation and correction submission.
+@dataclass
+class SuggestionRequest:
+    """What suggesting slices needs, taken from the scene on the main thread.
 
-    The backbone is loaded on first use and kept (with its slice-embedding cache) for later calls.
-    Scene work (:meth:`prepare`, :meth:`apply`) must run on the main thread; :meth:`run_model` may
-    run on a worker thread.
+    store_path / case_id: the fine-tuning store and the volume's case there, whose annotated slices
+    are skipped; axis: 'i', 'j' or 'k'.
+    """
+
+    volume: Volume
+    structure: str
+    budget: int
+    box: Box3D | None = None
+    points: list[Point3D] = field(default_factory=list)
+    store_path: str | None = None
+    case_id: str | None = None
+    axis: str = "k"
+
+
+class MedSegAdaptLogic:
+    """Slicer-free Logic of the module: conversions, segmentation, suggestions, corrections,
+    fine-tuning and review.
+
+    The backbone is loaded on first use and kept for later calls; slice embeddings are kept in one
+    cache shared by segmentation, suggestions and fine-tuning. Scene work (:meth:`prepare`,
+    :meth:`apply`, :meth:`prepare_suggestion`, :meth:`preview_label`) must run on the main thread;
+    model work (:meth:`run_model`, :meth:`run_suggestion`, :meth:`fine_tune`) may run on a worker thread.
     """
 
     def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
         self.checkpoint = checkpoint or None
         self.device = device
+        self.embedding_cache = EmbeddingCache()
         self._segmenter = None
         self._segmenter_key: tuple | None = None
         self._lock = threading.Lock()
@@ -477,6 +625,9 @@ class MedSegAdaptLogic:
     roi_from_box = staticmethod(roi_from_box)
     points_from_node = staticmethod(points_from_node)
     fiducials_from_points = staticmethod(fiducials_from_points)
+    slice_position_ras = staticmethod(slice_position_ras)
+    training_history_table = staticmethod(training_history_table)
+    training_history_chart = staticmethod(training_history_chart)
 
     # model
 
@@ -487,19 +638,21 @@ class MedSegAdaptLogic:
             self.device = device
 
     def segmenter(self):
-        """The ``Segmenter`` for the configured checkpoint and device, loaded once and kept."""
+        """The ``Segmenter`` for the configured checkpoint and device, loaded once and kept (reloaded
+        when the checkpoint file changes, e.g. after fine-tuning into it)."""
         from MedSegAdaptLib.device import resolve_device
         from MedSegAdaptLib.inference import Segmenter
         from MedSegAdaptLib.models import load_backbone
 
-        key = (self.checkpoint, self.device)
+        written = os.stat(self.checkpoint).st_mtime_ns if self.checkpoint and os.path.isfile(self.checkpoint) else None
+        key = (self.checkpoint, written, self.device)
         with self._lock:
             if self._segmenter is None or self._segmenter_key != key:
                 started = time.perf_counter()
                 backbone = load_backbone(
                     checkpoint=self.checkpoint, device=resolve_device(self.device), for_inference=True
                 )
-                self._segmenter, self._segmenter_key = Segmenter(backbone), key
+                self._segmenter, self._segmenter_key = Segmenter(backbone, self.embedding_cache), key
                 logger.info("MedSegAdapt: loaded %s on %s in %.1f s", backbone.spec.name, self.device,
                             time.perf_counter() - started)
             return self._segmenter
@@ -521,10 +674,7 @@ class MedSegAdaptLogic:
         if not structure and report is None:
             raise InputError("No structure given; expected a structure name such as 'right lung', or a report")
         volume = volume_from_node(volume_node)
-        box = box_from_roi(roi_node, volume_node) if roi_node is not None else None
-        points = points_from_node(points_node, volume_node, 1) if points_node is not None else []
-        if background_points_node is not None:
-            points += points_from_node(background_points_node, volume_node, 0)
+        box, points = _prompts(volume_node, roi_node, points_node, background_points_node)
         if box is None and not points and self.checkpoint is None:
             raise InputError("No prompt: place an ROI around the structure or click points on it "
                              "(prompt-free segmentation needs a fine-tuned checkpoint)")
@@ -564,6 +714,105 @@ class MedSegAdaptLogic:
         outcome = self.run_model(request, progress)
         return self.apply(outcome, request, volume_node, segmentation_node)
 
+    # suggestions in two steps (main thread, any thread)
+
+    def prepare_suggestion(self, volume_node, structure: str, budget: int, store_path: str | None = None,
+                           case_id: str | None = None, roi_node=None, points_node=None,
+                           background_points_node=None, axis: str = "k") -> SuggestionRequest:
+        """Read what suggesting slices needs out of the scene. Main thread."""
+        from MedSegAdaptLib.active.suggest import check_budget
+
+        if volume_node is None:
+            raise InputError("No input volume selected; expected a scalar volume")
+        structure = (structure or "").strip()
+        if not structure:
+            raise InputError("No structure given; expected a structure name such as 'left lung'")
+        budget = check_budget(budget)
+        axis = AXIS_NAMES[axis_number(axis)]
+        volume = volume_from_node(volume_node)
+        box, points = _prompts(volume_node, roi_node, points_node, background_points_node)
+        return SuggestionRequest(volume, structure, budget, box, points, str(store_path or "").strip() or None,
+                                 str(case_id or "").strip() or None, axis)
+
+    def run_suggestion(self, request: SuggestionRequest, progress: ProgressCallback | None = None) -> list:
+        """Up to ``request.budget`` slices to annotate next, best first (``Suggestion``s). Any thread.
+
+        When the store holds the case, its slices already annotated for the structure are skipped
+        and, without an ROI or points, its latest prediction or correction gives the box; the volume
+        must then be that case's image. Otherwise (no store, or the case not in it yet) nothing is
+        annotated and the volume itself is scored.
+        """
+        from MedSegAdaptLib.active import suggest_from_store, suggest_slices
+
+        axis = axis_number(request.axis)
+        case_id = _existing_case(request.store_path, request.case_id)
+        if case_id is None:
+            return suggest_slices(self.segmenter(), request.volume, request.structure, request.budget, request.box,
+                                  request.points, axis=axis, case_id=request.case_id, progress=progress)
+        with _open_store(request.store_path) as store:
+            case = store.case(case_id)
+            if not case.geometry.matches(request.volume.geometry):
+                raise InputError(f"The volume is not the image of case {case_id!r} in {store.root}: "
+                                 f"{case.geometry.describe_mismatch(request.volume.geometry)}; "
+                                 "expected the case's own image, or another case id")
+            return suggest_from_store(store, case_id, request.structure, request.budget, self.segmenter(),
+                                      request.box, request.points, axis=axis, progress=progress)
+
+    def suggest(self, volume_node, structure: str, budget: int, store_path: str | None = None,
+                case_id: str | None = None, roi_node=None, progress: ProgressCallback | None = None,
+                points_node=None, background_points_node=None, axis: str = "k") -> list:
+        """Up to ``budget`` slices of the volume to annotate next for ``structure``, best first, each a
+        ``Suggestion`` with its score, DKD, ASD and reason; see :meth:`run_suggestion`.
+
+        The prediction is prompted by the ROI and/or points (or the store's latest label of the
+        structure, or nothing with a prompt-free fine-tuned checkpoint). Jump to a suggestion with
+        :func:`slice_position_ras`.
+        """
+        request = self.prepare_suggestion(volume_node, structure, budget, store_path, case_id, roi_node, points_node,
+                                          background_points_node, axis)
+        return self.run_suggestion(request, progress)
+
+    # fine-tuning
+
+    @staticmethod
+    def fine_tune_options(epochs: int = 10, priors: str | Sequence[str] = "", **options: Any):
+        """``FineTuneOptions`` with ``epochs``, the MedSeg-R ``priors`` to train ('all', '' for none, or
+        a comma-separated subset of location, texture, shape, semantic) and any other of its fields."""
+        from MedSegAdaptLib.train import FineTuneOptions
+        from MedSegAdaptLib.train.cli import parse_priors
+
+        names = parse_priors(priors) if isinstance(priors, str) else tuple(priors)
+        return FineTuneOptions(epochs=int(epochs), priors=names, **options)
+
+    @staticmethod
+    def default_checkpoint_path(store_path: str) -> str:
+        """Where a store's fine-tuned checkpoint goes by default: ``<store folder>-finetuned.pt`` beside it."""
+        folder = _store_folder(store_path).absolute()
+        return str(folder.parent / f"{folder.name}-finetuned.pt")
+
+    def fine_tune(self, store_path: str, output_checkpoint: str, options=None,
+                  progress: ProgressCallback | None = None, on_epoch: Callable[[dict], None] | None = None,
+                  resume: str | None = None):
+        """Fine-tune the configured model (the checkpoint, else the packaged LiteMedSAM) on the store's
+        training view; returns the library's ``FineTuneResult``. Any thread.
+
+        ``output_checkpoint`` is rewritten atomically after every epoch, and ``on_epoch(record)``
+        then gets that epoch's record (epoch, train_loss, val_dice, seconds, best_epoch). Stopping by
+        raising from ``progress`` (:meth:`Job.cancel`) leaves the checkpoint of the last completed
+        epoch, or the file untouched when no epoch completed. Slice embeddings come from the cache
+        shared with segmentation.
+        """
+        from MedSegAdaptLib.device import resolve_device
+        from MedSegAdaptLib.train import fine_tune
+
+        if not str(output_checkpoint or "").strip():
+            raise InputError("No output checkpoint file given; expected a path such as finetuned.pt")
+        options = options if options is not None else self.fine_tune_options()
+        with _open_store(store_path) as store:
+            return fine_tune(store, output_checkpoint, checkpoint=self.checkpoint, device=resolve_device(self.device),
+                             options=options, resume=resume, cache=self.embedding_cache, progress=progress,
+                             on_epoch=on_epoch)
+
     # corrections
 
     def submit_correction(self, volume_node, segmentation_node, segment_name: str, store_path: str,
@@ -577,13 +826,12 @@ class MedSegAdaptLogic:
         """
         from MedSegAdaptLib.store import FineTuningStore
 
-        if not str(store_path or "").strip():
-            raise InputError("No fine-tuning store folder given; expected a folder path")
+        folder = _store_folder(store_path)
         segment_id = _get_segment_id(segmentation_node, segment_name)
         structure = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip()
         volume = volume_from_node(volume_node)
         mask = segment_mask(segmentation_node, segment_id, volume_node)
-        with FineTuningStore.init(store_path) as store:
+        with FineTuningStore.init(folder) as store:
             case, _created = store.add_image(volume, case_id=case_id)
             return store.submit_mask(
                 case.case_id, structure, mask, annotator, annotated_slices=slices, comment=comment,
@@ -593,10 +841,39 @@ class MedSegAdaptLogic:
     @staticmethod
     def history(store_path: str, case_id: str, structure: str | None = None):
         """Every stored version of the case's labels (of one structure if given), oldest first."""
-        from MedSegAdaptLib.store import FineTuningStore
-
-        with FineTuningStore(store_path) as store:
+        with _open_store(store_path) as store:
             return store.history(case_id, structure)
+
+    # review of pseudo-labels and synthetic samples
+
+    @staticmethod
+    def review_queue(store_path: str, include_reviewed: bool = False) -> list:
+        """The store's pseudo-labels and synthetic labels awaiting review (``LabelVersion``s; with
+        ``include_reviewed``, the reviewed ones too)."""
+        with _open_store(store_path) as store:
+            return store.review_queue(include_reviewed)
+
+    @staticmethod
+    def review(store_path: str, label_id: int, accept: bool, reviewer: str, comment: str | None = None):
+        """Accept (it then trains) or reject a queued label; returns the updated ``LabelVersion``."""
+        with _open_store(store_path) as store:
+            return store.review(int(label_id), accept, reviewer, comment)
+
+    @staticmethod
+    def preview_label(store_path: str, label_id: int, scene) -> tuple[Any, Any]:
+        """(volume node, segmentation node): a stored label's case image and its mask as a segment
+        named after the structure, new in ``scene``, for a reviewer to inspect. Main thread."""
+        from MedSegAdaptLib.io import read_volume
+
+        with _open_store(store_path) as store:
+            label = store.label(int(label_id))
+            image = store.case(label.case_id).image
+        volume_node = volume_to_node(read_volume(image), scene, f"{label.case_id} (label {label.label_id})")
+        segmentation_node = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", f"{label.case_id} {label.structure} v{label.version} ({label.kind})")
+        segmentation_node.CreateDefaultDisplayNodes()
+        set_segment_mask(segmentation_node, label.structure, read_volume(label.file).array != 0, volume_node)
+        return volume_node, segmentation_node
 
 
 # --- a persistent worker thread (no Qt: the widget polls jobs with a QTimer) -----------------------
@@ -690,6 +967,9 @@ def progress_text(stage: str, done: int, total: int) -> str:
     """'Encoding slices 12/34' style label for a progress stage of the library."""
     names = {"queued": "Waiting", "loading": "Loading model", "encoding slices": "Encoding slices",
              "propagating": "Propagating", "writing": "Writing segment"}
+    if stage.startswith("fine-tuning epoch "):  # the trainer's "fine-tuning epoch 2/10", done/total steps
+        epoch = stage.removeprefix("fine-tuning epoch ")
+        return f"Epoch {epoch}, step {done}/{total}" if total else f"Epoch {epoch}"
     label = names.get(stage, stage.replace("_", " ").capitalize())
     return f"{label} {done}/{total}" if total else label
 
@@ -706,7 +986,9 @@ __all__ = [
     "MedSegAdaptLogic",
     "SegmentationCancelled",
     "SegmentationRequest",
+    "SuggestionRequest",
     "Worker",
+    "axis_number",
     "box_from_roi",
     "dice",
     "fiducials_from_points",
@@ -722,6 +1004,9 @@ __all__ = [
     "segmentation_from_node",
     "set_segment_mask",
     "set_segment_terminology",
+    "slice_position_ras",
+    "training_history_chart",
+    "training_history_table",
     "volume_from_node",
     "volume_to_node",
 ]

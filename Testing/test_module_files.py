@@ -58,7 +58,9 @@ def test_ui_file_is_well_formed_with_unique_names():
 
 def test_every_ui_name_used_by_the_module_exists_in_the_ui_file():
     used = ui_code_names(MODULE_FILE)
-    assert {"applyButton", "submitCorrectionButton", "progressBar"} <= used  # the check sees real uses
+    # the check sees real uses, in every panel
+    assert {"applyButton", "submitCorrectionButton", "progressBar", "suggestButton", "suggestionsTableWidget",
+            "fineTuneButton", "fineTuneProgressBar", "reviewQueueTableWidget", "acceptLabelButton"} <= used
     missing = sorted(used - set(ui_widget_names()))
     assert not missing, f"{MODULE_FILE.name} uses self.ui names absent from {UI_FILE.name}: {missing}"
 
@@ -73,9 +75,22 @@ def test_ui_connections_name_existing_widgets():
 def test_required_panels_and_widgets_exist():
     root = ui_tree()
     by_name = {w.get("name"): w for w in root.iter("widget")}
-    for panel in ("inputsCollapsibleButton", "segmentCollapsibleButton", "correctionsCollapsibleButton",
-                  "settingsCollapsibleButton"):
-        assert by_name[panel].get("class") == "ctkCollapsibleButton"
+    panels = [w.get("name") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
+    assert panels == ["inputsCollapsibleButton", "segmentCollapsibleButton", "suggestionsCollapsibleButton",
+                      "correctionsCollapsibleButton", "adaptCollapsibleButton", "settingsCollapsibleButton"]
+    expected = {"suggestionsCollapsibleButton": {"budgetSpinBox": "QSpinBox", "suggestButton": "QPushButton",
+                                                 "suggestionsTableWidget": "QTableWidget",
+                                                 "suggestProgressBar": "QProgressBar"},
+                "adaptCollapsibleButton": {"epochsSpinBox": "QSpinBox", "priorsLineEdit": "QLineEdit",
+                                           "fineTuneOutputPathLineEdit": "ctkPathLineEdit",
+                                           "fineTuneButton": "QPushButton", "fineTuneProgressBar": "QProgressBar",
+                                           "reviewQueueTableWidget": "QTableWidget", "reviewerLineEdit": "QLineEdit",
+                                           "previewLabelButton": "QPushButton", "acceptLabelButton": "QPushButton",
+                                           "rejectLabelButton": "QPushButton"}}
+    for panel, widgets in expected.items():
+        inside = {w.get("name"): w.get("class") for w in by_name[panel].iter("widget")}
+        for name, widget_class in widgets.items():
+            assert inside.get(name) == widget_class, f"{name} ({widget_class}) is not in the {panel} panel"
     # The report box is live and its tooltip says what a report does.
     report = by_name["reportTextEdit"]
     properties = {p.get("name"): p for p in report.iter("property")}
@@ -98,6 +113,44 @@ def test_slicer_parameter_names_in_ui_are_parameter_node_fields():
     assert bound, "no widget is bound to the parameter node"
     unknown = sorted(set(bound) - fields)
     assert not unknown, f"SlicerParameterName values with no parameter node field: {unknown}"
+
+
+def _widget_class() -> ast.ClassDef:
+    return next(node for node in ast.parse(MODULE_FILE.read_text()).body
+                if isinstance(node, ast.ClassDef) and node.name == "MedSegAdaptWidget")
+
+
+def test_every_connected_slot_is_a_method_of_the_widget():
+    widget = _widget_class()
+    methods = {node.name for node in widget.body if isinstance(node, ast.FunctionDef)}
+    slots = set()
+    for node in ast.walk(widget):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "connect":
+            slots.update(arg.attr for arg in node.args[1:] if isinstance(arg, ast.Attribute)
+                         and isinstance(arg.value, ast.Name) and arg.value.id == "self")
+    assert {"onSuggestButton", "onSuggestionClicked", "onFineTuneButton", "onAcceptLabel"} <= slots
+    assert not slots - methods, f"connected to methods the widget does not have: {sorted(slots - methods)}"
+
+
+def test_logic_methods_the_widget_calls_exist():
+    logic_class = next(node for node in ast.parse(LOGIC_FILE.read_text()).body
+                       if isinstance(node, ast.ClassDef) and node.name == "MedSegAdaptLogic")
+    logic_names = {node.name for node in logic_class.body if isinstance(node, ast.FunctionDef)}
+    logic_names |= {target.id for node in logic_class.body if isinstance(node, ast.Assign) for target in node.targets}
+    module_names = {node.name for node in ast.parse(LOGIC_FILE.read_text()).body
+                    if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    called, module_called = set(), set()
+    for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
+        if isinstance(node, ast.Attribute):
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id == "core") or (
+                    isinstance(owner, ast.Attribute) and owner.attr == "core"):
+                called.add(node.attr)
+            elif isinstance(owner, ast.Call) and getattr(owner.func, "id", None) == "_logic_base":
+                module_called.add(node.attr)
+    assert {"prepare_suggestion", "run_suggestion", "fine_tune", "review", "preview_label"} <= called
+    assert not called - logic_names, f"the widget calls Logic methods that do not exist: {sorted(called - logic_names)}"
+    assert not module_called - module_names, sorted(module_called - module_names)
 
 
 def test_every_file_listed_in_cmake_exists():

@@ -1,10 +1,13 @@
-"""The module's Logic on a real MRML scene (slicer-core): conversions, segmentation, corrections.
+"""The module's Logic on a real MRML scene (slicer-core): conversions, segmentation, suggestions,
+corrections, fine-tuning with its plot nodes, and review.
 
 CTChest4 and its Slicer segmentation are loaded through Slicer's own storage nodes and compared
 with what MedSegAdaptLib reads from the same files.
 """
 from __future__ import annotations
 
+import math
+import os
 import sys
 import threading
 from pathlib import Path
@@ -41,6 +44,9 @@ from MedSegAdaptLogic import (  # noqa: E402
     segment_terminology,
     segmentation_from_node,
     set_segment_mask,
+    slice_position_ras,
+    training_history_chart,
+    training_history_table,
     volume_from_node,
     volume_to_node,
 )
@@ -48,6 +54,7 @@ from slicer_scene import make_scene  # noqa: E402
 
 from MedSegAdaptLib.errors import InputError  # noqa: E402
 from MedSegAdaptLib.inference import Box3D, Point3D  # noqa: E402
+from MedSegAdaptLib.store import FineTuningStore  # noqa: E402
 from MedSegAdaptLib.io import (  # noqa: E402
     ctchest4_segmentation_path,
     ctchest4_volume_path,
@@ -277,6 +284,30 @@ def test_prepare_needs_a_prompt_and_a_structure(volume_node):
         logic.prepare(volume_node, "  ")
 
 
+# --- slices ----------------------------------------------------------------------------------------
+
+
+def test_slice_position_is_the_slice_centre_in_world_ras(app, volume_node):
+    ras_to_ijk = np.linalg.inv(_ijk_to_ras(volume_node))
+    position = slice_position_ras(volume_node, "k", 17)
+    np.testing.assert_allclose((ras_to_ijk @ np.append(position, 1.0))[:3], [63.5, 63.5, 17.0], atol=1e-6)
+    sagittal = slice_position_ras(volume_node, "I", 0)
+    np.testing.assert_allclose((ras_to_ijk @ np.append(sagittal, 1.0))[:3], [0.0, 63.5, 16.5], atol=1e-6)
+    # Under a transform the slice is shown where the transform puts it.
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 10.0)
+    matrix.SetElement(2, 3, 5.0)
+    transform.SetMatrixTransformToParent(matrix)
+    volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    np.testing.assert_allclose(np.subtract(slice_position_ras(volume_node, 2, 17), position), [10.0, 0.0, 5.0],
+                               atol=1e-6)
+    with pytest.raises(InputError, match=r"slice 34 along k is outside CTChest4; expected 0\.\.33"):
+        slice_position_ras(volume_node, "k", 34)
+    with pytest.raises(InputError, match="axis 'x' is not a volume axis"):
+        slice_position_ras(volume_node, "x", 1)
+
+
 # --- segmentation with the real weights ------------------------------------------------------------
 
 
@@ -335,6 +366,80 @@ def test_cancel_from_progress_stops_segmentation(app, logic, volume_node, refere
     assert output.GetSegmentation().GetNumberOfSegments() == 0
 
 
+# --- suggestions -----------------------------------------------------------------------------------
+
+LEFT_LUNG_BOX = Box3D((11, 30, 15), (68, 98, 19))  # 5 axial slices of the left lung
+
+
+def test_prepare_suggestion_checks_its_inputs(volume_node):
+    logic = MedSegAdaptLogic()
+    with pytest.raises(InputError, match="No input volume"):
+        logic.prepare_suggestion(None, "left lung", 3)
+    with pytest.raises(InputError, match="No structure"):
+        logic.prepare_suggestion(volume_node, " ", 3)
+    with pytest.raises(InputError, match="budget 0 is not a number of slices"):
+        logic.prepare_suggestion(volume_node, "left lung", 0)
+    with pytest.raises(InputError, match="axis 'x'"):
+        logic.prepare_suggestion(volume_node, "left lung", 3, axis="x")
+    roi = roi_from_box(LEFT_LUNG_BOX, volume_node)
+    request = logic.prepare_suggestion(volume_node, " Left lung ", 4, store_path="  ", case_id="", roi_node=roi,
+                                       axis=2)
+    assert (request.structure, request.budget, request.store_path, request.case_id, request.axis) == (
+        "Left lung", 4, None, None, "k")
+    assert request.box == LEFT_LUNG_BOX and request.points == []
+    np.testing.assert_array_equal(request.volume.array, volume_from_node(volume_node).array)
+
+
+def test_suggest_refuses_a_volume_that_is_not_the_store_case(tmp_path, app, volume_node, reference):
+    volume, _ = reference
+    store_path = tmp_path / "store"
+    with FineTuningStore.init(store_path) as store:
+        store.add_image(volume, "chest4", modality="ct")
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 10.0)
+    transform.SetMatrixTransformToParent(matrix)
+    volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(InputError, match="The volume is not the image of case 'chest4'"):
+        MedSegAdaptLogic().suggest(volume_node, "left lung", 2, str(store_path), "Chest4")
+
+
+@pytest.mark.slow
+def test_suggest_from_an_roi_ranks_slices_of_the_box(tmp_path, logic, volume_node):
+    roi = roi_from_box(LEFT_LUNG_BOX, volume_node)
+    new_store = tmp_path / "new store"
+    new_store.mkdir()
+    stages = []
+    # An empty store folder: nothing annotated yet, so the volume itself is scored.
+    suggestions = logic.suggest(volume_node, "left lung", 3, str(new_store), "chest4", roi_node=roi,
+                                progress=lambda stage, done, total: stages.append(stage))
+    print("\n".join(f"{s.axis}:{s.index} score {s.score:.2f} DKD {s.dkd:.2f} ASD {s.asd:.2f}  {s.reason}"
+                    for s in suggestions))
+    assert sorted(s.index for s in suggestions) == [15, 17, 19]  # three slices of the box, no neighbours
+    assert all(s.axis == "k" and s.case_id == "chest4" and s.reason for s in suggestions)
+    assert all(0.0 <= s.dkd <= 1.0 and 0.0 <= s.asd <= 1.0 for s in suggestions)
+    assert [s.score for s in suggestions] == sorted((s.score for s in suggestions), reverse=True)
+    assert "scoring slices" in stages
+    assert not any(new_store.iterdir()), "suggesting must not create a store"
+
+
+@pytest.mark.slow
+def test_suggest_from_the_store_skips_annotated_slices(tmp_path, app, logic, volume_node, reference):
+    _, segmentation = reference
+    label = segmentation.get("left lung").mask.copy()
+    label[:, :, [k for k in range(label.shape[2]) if not 16 <= k <= 18]] = False
+    corrections = app.new_segmentation("Corrections")
+    set_segment_mask(corrections, "left lung", label, volume_node)
+    store_path = str(tmp_path / "store")
+    logic.submit_correction(volume_node, corrections, "left lung", store_path, "chest4", "dr_a", slices={"k": [16, 18]})
+    # No ROI: the box comes from the stored correction (its extent 16..18 plus 2 slices).
+    suggestions = logic.suggest(volume_node, "left lung", 3, store_path, "CHEST4")
+    indices = [s.index for s in suggestions]
+    assert len(indices) == 3 and not {16, 18} & set(indices)
+    assert all(14 <= k <= 20 for k in indices)
+    assert {s.case_id for s in suggestions} == {"chest4"}
+
+
 # --- corrections -----------------------------------------------------------------------------------
 
 
@@ -367,8 +472,6 @@ def test_submitted_correction_reads_back_identical(tmp_path, app, volume_node, s
     np.testing.assert_array_equal(read_volume(first.file).array != 0, edited)
     np.testing.assert_array_equal(read_volume(second.file).array != 0, segmentation.get("right lung").mask)
     # The case image in the store is CTChest4 itself.
-    from MedSegAdaptLib.store import FineTuningStore
-
     with FineTuningStore(store_path) as store:
         case = store.case("chest4")
         np.testing.assert_array_equal(read_volume(case.image).array, volume.array)
@@ -379,6 +482,205 @@ def test_submit_unknown_segment_names_the_available_ones(tmp_path, volume_node, 
         MedSegAdaptLogic().submit_correction(volume_node, segmentation_node, "liver", str(tmp_path / "s"),
                                              "c1", "dr_a")
     assert not (tmp_path / "s").exists()
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------
+
+HISTORY = [
+    {"epoch": 1, "train_loss": 0.9, "val_dice": None, "seconds": 1.0},
+    {"epoch": 2, "train_loss": 0.5, "val_dice": 0.71, "seconds": 1.0},
+    {"epoch": 3, "train_loss": 0.25, "val_dice": 0.8, "seconds": 1.0},
+]
+TINY = {"epochs": 2, "batch_size": 2, "min_steps_per_epoch": 2}
+
+
+def _table_rows(table_node) -> list[list[float]]:
+    table = table_node.GetTable()
+    return [[table.GetValueByName(row, column).ToDouble() for column in ("epoch", "loss", "validation Dice")]
+            for row in range(table.GetNumberOfRows())]
+
+
+def _rows_of(history: list[dict]) -> list[list[float]]:
+    return [[r["epoch"], r["train_loss"], math.nan if r["val_dice"] is None else r["val_dice"]] for r in history]
+
+
+def _assert_rows_equal(table_node, history):
+    np.testing.assert_allclose(_table_rows(table_node), _rows_of(history), rtol=1e-12)  # NaN == NaN here
+
+
+def test_training_history_table_and_chart_follow_the_epochs(app):
+    table_node = training_history_table(HISTORY[:2], app.scene)
+    assert table_node.IsA("vtkMRMLTableNode")
+    assert [table_node.GetColumnName(i) for i in range(table_node.GetNumberOfColumns())] == [
+        "epoch", "loss", "validation Dice"]
+    _assert_rows_equal(table_node, HISTORY[:2])
+    assert math.isnan(_table_rows(table_node)[0][2])
+    chart = training_history_chart(table_node)
+    assert chart.IsA("vtkMRMLPlotChartNode")
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert [(s.GetTableNodeID(), s.GetXColumnName(), s.GetYColumnName()) for s in series] == [
+        (table_node.GetID(), "epoch", "loss"), (table_node.GetID(), "epoch", "validation Dice")]
+    assert all(s.IsA("vtkMRMLPlotSeriesNode") and s.GetScene() is app.scene for s in series)
+    # The next epoch refills the same nodes: one more row, still two series.
+    assert training_history_table(HISTORY, app.scene, table_node) is table_node
+    _assert_rows_equal(table_node, HISTORY)
+    assert training_history_chart(table_node, chart) is chart
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    assert app.scene.GetNodesByClass("vtkMRMLPlotSeriesNode").GetNumberOfItems() == 2
+
+
+def test_fine_tune_options_and_bad_inputs(tmp_path):
+    logic = MedSegAdaptLogic()
+    assert logic.fine_tune_options(3, "all").priors == ("location", "texture", "shape", "semantic")
+    options = logic.fine_tune_options(5, " location, Shape ", batch_size=4)
+    assert (options.epochs, options.priors, options.batch_size) == (5, ("location", "shape"), 4)
+    assert logic.fine_tune_options().priors == ()
+    with pytest.raises(InputError, match="unknown priors colour"):
+        logic.fine_tune_options(2, "colour")
+    with pytest.raises(InputError, match="epochs must be at least 1"):
+        logic.fine_tune_options(0)
+    with pytest.raises(InputError, match="No output checkpoint"):
+        logic.fine_tune(str(tmp_path), " ")
+    with pytest.raises(InputError, match="not a MedSegAdapt fine-tuning store"):
+        logic.fine_tune(str(tmp_path), str(tmp_path / "out.pt"))
+    with pytest.raises(InputError, match="No fine-tuning store folder given"):
+        logic.fine_tune("", str(tmp_path / "out.pt"))
+    assert logic.default_checkpoint_path(str(tmp_path / "store")) == str(tmp_path / "store-finetuned.pt")
+
+
+def test_segmenter_reloads_when_its_checkpoint_file_changes(tmp_path, monkeypatch):
+    loaded = []
+
+    class Backbone:
+        spec = type("Spec", (), {"name": "stub"})
+
+    def load_backbone(checkpoint=None, device=None, for_inference=False):
+        loaded.append(checkpoint)
+        return Backbone()
+
+    monkeypatch.setattr("MedSegAdaptLib.models.load_backbone", load_backbone)
+    checkpoint = tmp_path / "finetuned.pt"
+    checkpoint.write_bytes(b"epoch 1")
+    logic = MedSegAdaptLogic(str(checkpoint), device="cpu")
+    first = logic.segmenter()
+    assert logic.segmenter() is first and len(loaded) == 1
+    assert first.cache is logic.embedding_cache
+    written = os.stat(checkpoint).st_mtime_ns
+    os.utime(checkpoint, ns=(written + 10**9, written + 10**9))  # fine-tuning wrote the next epoch into it
+    assert logic.segmenter() is not first and loaded == [str(checkpoint)] * 2
+
+
+@pytest.fixture(scope="module")
+def finetune_store(tmp_path_factory, reference):
+    """A store with a correction of the left lung on two axial slices, submitted through the Logic."""
+    app = make_scene()
+    volume_node = app.load_volume(ctchest4_volume_path(), "CTChest4")
+    corrections = app.new_segmentation("Corrections")
+    set_segment_mask(corrections, "left lung", reference[1].get("left lung").mask, volume_node)
+    path = tmp_path_factory.mktemp("finetune") / "store"
+    MedSegAdaptLogic().submit_correction(volume_node, corrections, "left lung", str(path), "chest4", "dr_a",
+                                         slices={"k": [17, 23]})
+    return str(path)
+
+
+@pytest.mark.slow
+def test_fine_tune_on_the_worker_reports_epochs_and_plots_them(tmp_path, app, logic, finetune_store):
+    from MedSegAdaptLib.train import load_checkpoint
+
+    output = tmp_path / "finetuned.pt"
+    records: list[dict] = []
+    worker = Worker()
+    try:
+        job = worker.submit(lambda progress: logic.fine_tune(finetune_store, str(output), logic.fine_tune_options(**TINY),
+                                                             progress, records.append), "fine-tuning")
+        assert job.wait(300)
+    finally:
+        worker.stop()
+    assert job.state == "done", job.error
+    result = job.result
+    assert [r["epoch"] for r in records] == [1, 2] and result.history == records
+    assert logic_module.progress_text(job.stage, job.done, job.total) == "Epoch 2/2, step 2/2"
+    table_node = training_history_table(records, app.scene)
+    _assert_rows_equal(table_node, result.history)
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    checkpoint = load_checkpoint(output)
+    assert checkpoint["epoch"] == 2 and checkpoint["structures"] == ["left lung"]
+
+
+@pytest.mark.slow
+def test_stopping_fine_tuning_keeps_the_last_completed_epoch(tmp_path, logic, finetune_store):
+    from MedSegAdaptLib.train import load_checkpoint
+
+    stopped, never = tmp_path / "stopped.pt", tmp_path / "never.pt"
+    jobs: list[Job] = []
+    worker = Worker()
+
+    def stop_at_once(progress):
+        jobs[1].cancel()  # Stop pressed while the model loads: the first progress report raises
+        return logic.fine_tune(finetune_store, str(never), logic.fine_tune_options(**TINY), progress)
+
+    try:
+        jobs.append(worker.submit(lambda progress: logic.fine_tune(
+            finetune_store, str(stopped), logic.fine_tune_options(**TINY), progress,
+            on_epoch=lambda record: jobs[0].cancel()), "fine-tuning"))  # Stop pressed during epoch 1's save
+        jobs.append(worker.submit(stop_at_once, "fine-tuning"))
+        assert jobs[1].wait(300)
+    finally:
+        worker.stop()
+    assert [job.state for job in jobs] == ["cancelled", "cancelled"]
+    assert isinstance(jobs[0].error, SegmentationCancelled)
+    checkpoint = load_checkpoint(stopped)
+    assert checkpoint["epoch"] == 1 and [r["epoch"] for r in checkpoint["metrics"]["history"]] == [1]
+    assert not never.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped.pt"], "no temporary file left behind"
+
+
+# --- review ----------------------------------------------------------------------------------------
+
+
+def test_review_queue_accept_reject_and_preview(tmp_path, app, reference):
+    volume, segmentation = reference
+    store_path = str(tmp_path / "store")
+    left, ribs = segmentation.get("left lung").mask, segmentation.get("ribs").mask
+    with FineTuningStore.init(store_path) as store:
+        store.add_image(volume, "chest4", modality="ct")
+        correction = store.submit_mask("chest4", "right lung", segmentation.get("right lung").mask, "dr_a")
+        synthetic = store.submit_mask("chest4", "left lung", left, "low-dose-ct", kind="synthetic",
+                                      comment="low-dose variant")
+        pseudo = store.submit_mask("chest4", "ribs", ribs, "model", kind="pseudo-label",
+                                   annotated_slices={"k": [10, 11]})
+    logic = MedSegAdaptLogic()
+    queue = logic.review_queue(store_path)
+    assert [(v.label_id, v.kind, v.review_status) for v in queue] == [
+        (synthetic.label_id, "synthetic", "pending"), (pseudo.label_id, "pseudo-label", "pending")]
+
+    image_node, label_node = logic.preview_label(store_path, synthetic.label_id, app.scene)
+    shown = volume_from_node(image_node)
+    np.testing.assert_array_equal(shown.array, volume.array)
+    assert shown.geometry.matches(volume.geometry, atol=1e-6)
+    arrays = label_arrays_from_node(label_node, image_node)
+    assert list(arrays) == ["left lung"]
+    np.testing.assert_array_equal(arrays["left lung"], left)
+    assert image_node.GetScene() is app.scene and label_node.GetScene() is app.scene
+
+    accepted = logic.review(store_path, synthetic.label_id, True, "dr_b", "looks right")
+    assert accepted.review_status == "accepted" and accepted.trains and accepted.reviews[-1].comment == "looks right"
+    assert [v.label_id for v in logic.review_queue(store_path)] == [pseudo.label_id]
+    rejected = logic.review(store_path, pseudo.label_id, False, "dr_b")
+    assert rejected.review_status == "rejected" and not rejected.trains
+    assert logic.review_queue(store_path) == []
+    assert len(logic.review_queue(store_path, include_reviewed=True)) == 2
+    with FineTuningStore(store_path) as store:
+        assert sorted(row.structure for row in store.training_view()) == ["left lung", "right lung"]
+
+    with pytest.raises(InputError, match="which is not reviewed"):
+        logic.review(store_path, correction.label_id, True, "dr_b")
+    with pytest.raises(InputError, match="No label with id 99"):
+        logic.preview_label(store_path, 99, app.scene)
+    with pytest.raises(InputError, match="No fine-tuning store folder given"):
+        logic.review_queue(" ")
+    with pytest.raises(InputError, match="not a MedSegAdapt fine-tuning store"):
+        logic.review_queue(str(tmp_path))
 
 
 # --- worker thread ---------------------------------------------------------------------------------
@@ -429,6 +731,8 @@ def test_worker_job_cancels_at_next_progress_report():
 def test_progress_text():
     assert logic_module.progress_text("encoding slices", 3, 34) == "Encoding slices 3/34"
     assert logic_module.progress_text("propagating", 0, 0) == "Propagating"
+    assert logic_module.progress_text("scoring slices", 3, 7) == "Scoring slices 3/7"
+    assert logic_module.progress_text("fine-tuning epoch 2/10", 5, 8) == "Epoch 2/10, step 5/8"
 
 
 def test_job_cancelled_before_start_never_runs():
