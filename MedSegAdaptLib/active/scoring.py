@@ -13,10 +13,9 @@ formulas; the scores below are ours.
 - DKD (knowledge divergence): divergence, 1 - Dice of the adapted and the pretrained model's masks
   on the same prompt (when an adapted model is given), and embedding distance, the cosine distance of
   the slice's pooled embedding (mean over the 64x64 grid of its 256-channel embedding) to its nearest
-  labeled slice. Each is min-max normalised over the candidates; DKD = divergence_share * divergence
-  + (1 - divergence_share) * distance, or the distance alone. With nothing labeled yet (cold start)
-  the distance part is reversed into representativeness, 1 - the normalised distance to the
-  candidates' mean, so the first label goes to a typical slice rather than an outlier.
+  labeled slice (to the candidates' mean when nothing is labeled). Each is min-max normalised over the
+  candidates; DKD = divergence_share * divergence + (1 - divergence_share) * distance, or the
+  distance alone.
 - Diversity: total = weight_dkd * DKD + weight_asd * ASD; slices are picked greedily, each pick
   multiplying the others' totals by their separation from everything picked or labeled
   (see :func:`select_diverse`), so neighbours are not picked together.

@@ -136,7 +136,7 @@ def _reason(structure: str, asd: float, dkd: float, predicted: bool, options: Sc
     elif labeled:
         knowledge = "far from labeled slices" if high else "close to labeled slices"
     else:
-        knowledge = "representative of the structure, nothing labeled yet" if high else "atypical slice of the structure"
+        knowledge = "unlike the rest of the structure" if high else "typical of the structure"
     pieces = [difficulty, f"{knowledge} (DKD {dkd:.2f})"]
     if options.weight_dkd * dkd > options.weight_asd * asd:
         pieces.reverse()
@@ -191,9 +191,7 @@ def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget:
     labeled_pooled = pooled_embeddings(decoder.encoder, labeled)
     distance = knowledge_distance(pooled, labeled_pooled)
     asd = normalise([(parts[k]["entropy"] + parts[k]["disagreement"]) / 2 for k in candidates])
-    # Nothing labeled yet: the first label should be representative (the slice nearest the candidates'
-    # mean), not an outlier; at budget 1 the outlier lost to uniform spacing (README, Suggestions).
-    dkd = closeness = normalise(distance) if labeled else 1 - normalise(distance)
+    dkd = closeness = normalise(distance)
     divergence_led = np.zeros(len(candidates), dtype=bool)
     if base is not None:
         divergence = normalise([parts[k]["divergence"] for k in candidates])
