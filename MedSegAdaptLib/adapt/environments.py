@@ -400,9 +400,6 @@ class Pediatric(Environment):
 
 # Pathology -----------------------------------------------------------------------------------------
 
-_HU_RANGE = re.compile(r"(-?\d+)\s*(?:-|to)\s*(-?\d+)\s*HU\b")
-
-
 @dataclass(frozen=True)
 class Pathology(Environment):
     """Specific pathology: 1 to ``max_lesions`` synthetic lesions of a knowledge-base lesion.
@@ -464,8 +461,8 @@ class Pathology(Environment):
         """``lesion_hu``, else the first 'a-b HU' range of the lesion's CT texture text, else None."""
         if self.lesion_hu is not None:
             return tuple(float(v) for v in self.lesion_hu)
-        found = _HU_RANGE.search(self.structure.describe("ct").texture)
-        return (float(found.group(1)), float(found.group(2))) if found else None
+        ranges = self.structure.hu_ranges()
+        return ranges[0] if ranges else None
 
     def host_names(self, labels: Labels) -> list[str]:
         """Labels that can host the lesion: ``hosts`` if given, else those named by a site word."""

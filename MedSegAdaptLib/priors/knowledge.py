@@ -29,6 +29,7 @@ LATERALITIES = ("left", "right", "midline", "bilateral", "none")
 CATEGORIES = ("organ", "vessel", "bone", "tissue", "brain tissue", "lesion")
 
 _PACKAGED = "MedSegAdaptLib/priors/knowledge_base.json"
+_HU_RANGE = re.compile(r"(-?\d+)\s*(?:-|to)\s*(-?\d+)\s*HU\b")
 _CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 _CODE_KEYS = ("category", "type", "typeModifier", "anatomicRegion", "anatomicRegionModifier")
@@ -78,6 +79,10 @@ class Structure:
         if modality not in self.attributes:
             raise InputError(f"Unknown modality {modality!r} for {self.name!r}; expected one of {MODALITIES}")
         return self.attributes[modality]
+
+    def hu_ranges(self) -> list[tuple[float, float]]:
+        """The 'a-b HU' / 'a to b HU' ranges named in the CT texture text, in order (may be empty)."""
+        return [(float(lo), float(hi)) for lo, hi in _HU_RANGE.findall(self.describe("ct").texture)]
 
     def terminology(self) -> dict | None:
         """Slicer terminology entry (slicerio layout): io.terminology's for standard names, else the KB's codes."""

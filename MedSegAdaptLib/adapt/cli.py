@@ -1,0 +1,116 @@
+"""``medsegadapt environments`` and ``medsegadapt adapt STORE --environment NAME --count N -o CKPT``.
+
+As elsewhere in the command line, the library is imported when the command runs, so that
+``medsegadapt --help`` stays fast; bad input raises InputError (``error: ...``, exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_adapt_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `environments` and `adapt` commands to the main command's subparsers."""
+    from ..cli import _add_model_options
+    from ..train.cli import add_training_options
+
+    listing = subparsers.add_parser("environments", help="list MedSeg-Adapt's imaging environments",
+                                    description="List the imaging environments `adapt` simulates, with their "
+                                                "parameters and defaults (change them with `adapt --set`).")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
+    listing.set_defaults(func=run_environments)
+
+    parser = subparsers.add_parser(
+        "adapt", help="adapt the model to an imaging environment with self-validated synthetic data",
+        description="Simulate COUNT samples of an imaging environment from the store's corrected cases, write "
+                    "clinical queries and ensemble pseudo-masks for them, self-validate each pseudo-mask "
+                    "(knowledge-base rules and ensemble agreement), add them to the store as synthetic labels "
+                    "(passing ones accepted, the others queued for expert review: `store review STORE list`) "
+                    "and fine-tune on the training view.")
+    parser.add_argument("store", type=Path, help="fine-tuning store folder with corrections of real cases")
+    parser.add_argument("--environment", required=True,
+                        help="low-dose-ct, high-res-ct, varying-field-mri, pediatric or pathology "
+                             "(`medsegadapt environments` lists their parameters)")
+    parser.add_argument("--count", type=int, required=True, help="samples to generate")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write (.pt)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment parameter, VALUE as JSON (e.g. dose_fraction=0.1, radius_mm=[3,8]); "
+                             "repeatable")
+    parser.add_argument("--structures", default=None, help="';'-separated structures to adapt (default: all "
+                                                           "corrected ones)")
+    parser.add_argument("--threshold", type=float, default=0.8,
+                        help="self-validation score a pseudo-mask needs to train without review (default: %(default)s)")
+    parser.add_argument("--no-self-validation", action="store_true",
+                        help="accept every pseudo-mask without checking it (an ablation)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here")
+    parser.add_argument("--json", action="store_true", help="print the generated labels as JSON")
+    _add_model_options(parser)
+    add_training_options(parser)
+    parser.set_defaults(func=run_adapt)
+
+
+def parse_settings(settings: list[str]) -> dict:
+    """['dose_fraction=0.1', 'radius_mm=[3,8]'] -> {'dose_fraction': 0.1, 'radius_mm': (3, 8)}."""
+    values = {}
+    for setting in settings:
+        name, sep, text = setting.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--set {setting!r}: expected NAME=VALUE, e.g. dose_fraction=0.1")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        values[name.strip()] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def run_environments(args: argparse.Namespace) -> int:
+    """Handler of `medsegadapt environments`."""
+    from .environments import ENVIRONMENTS
+
+    listing = [{"name": name, "description": cls.description, "parameters": cls().parameters()}
+               for name, cls in ENVIRONMENTS.items()]
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return 0
+    for entry in listing:
+        print(f"{entry['name']}: {entry['description']}")
+        for key, value in entry["parameters"].items():
+            print(f"    {key} = {value}")
+    return 0
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    """Handler of `medsegadapt adapt`."""
+    from ..active.cli import _segmenters
+    from ..progress import TerminalProgress
+    from ..store import FineTuningStore
+    from ..train.cli import fine_tune_from_args
+    from .environments import environment
+    from .pipeline import generate_samples, summarize
+
+    chosen = environment(args.environment, **parse_settings(args.set))
+    structures = None if args.structures is None else [s.strip() for s in args.structures.split(";") if s.strip()]
+    pretrained, adapted = _segmenters(args, 2)
+    members = [pretrained] if adapted is None else [adapted, pretrained]
+    progress = TerminalProgress()
+    with FineTuningStore(args.store) as store:
+        try:
+            generated = generate_samples(store, chosen, args.count, members, seed=args.seed, threshold=args.threshold,
+                                         self_validation=not args.no_self_validation, structures=structures,
+                                         progress=progress)
+        finally:
+            progress.close()
+        if args.json:
+            print(json.dumps([label.to_dict() for label in generated], indent=2))
+        for name, counts in summarize(generated).items():
+            print(f"{name}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by self-validation, "
+                  f"{counts['queued']} queued for review")
+        queued = sum(not label.accepted for label in generated)
+        if queued:
+            print(f"{queued} labels wait for an expert: medsegadapt store review {args.store} list")
+        fine_tune_from_args(args, store)
+    return 0

@@ -1,0 +1,169 @@
+"""MedSeg-Adapt for one imaging environment: generate, pseudo-mask, self-validate, store, fine-tune.
+
+For each of `count` samples, a source case of the store (one with corrections, in turn) goes through
+the environment simulator with its corrected labels; 2-3 clinical queries are written for every
+structure; every structure gets an ensemble pseudo-mask (MedSegAdaptLib.adapt.pseudo_masks), prompted
+with the box (+2 voxels) of its transformed source label; self-validation scores it
+(MedSegAdaptLib.adapt.validation). The sample's image joins the store as a new case and each
+pseudo-mask as a 'synthetic' label whose comment records the environment, its drawn parameters, the
+queries and the checks. A passing pseudo-mask is accepted by reviewer 'self-validation' and joins the
+training view; the others wait in the review queue for an expert. Fine-tuning then runs on the
+training view: the expert corrections plus every accepted synthetic label.
+
+The transformed source labels only place the prompt boxes and, where the source label covered the
+whole volume, measure each pseudo-mask's Dice against them (`reference_dice`, for reports); they are
+not trained on.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..inference.encoder import ProgressCallback
+from ..inference.prompts import Box3D
+from ..inference.segmenter import Segmenter
+from ..io import Volume, read_volume
+from ..priors.knowledge import KnowledgeBase
+from ..store.store import FineTuningStore
+from .environments import Environment
+from .pseudo_masks import ensemble_pseudo_mask
+from .queries import sample_queries
+from .validation import DEFAULT_THRESHOLD, Validation, body_mask, self_validate, volume_share
+
+ANNOTATOR = "medsegadapt-adapt"
+REVIEWER = "self-validation"
+BOX_MARGIN = 2
+
+
+@dataclass
+class GeneratedLabel:
+    """One synthetic label: where it went in the store and how it was judged."""
+
+    case_id: str
+    structure: str
+    label_id: int
+    queries: list[str]
+    validation: Validation
+    accepted: bool
+    reference_dice: float | None
+
+    def to_dict(self) -> dict:
+        return {"case_id": self.case_id, "structure": self.structure, "label_id": self.label_id,
+                "queries": self.queries, "score": round(self.validation.score, 4),
+                "failed_checks": self.validation.failed(), "accepted": self.accepted,
+                "reference_dice": None if self.reference_dice is None else round(self.reference_dice, 4)}
+
+
+@dataclass
+class Source:
+    """A store case with corrected labels: {structure: (I, J, K) bool}, whole: structures labeled on every slice."""
+
+    case_id: str
+    image: Path
+    labels: dict[str, np.ndarray]
+    whole: set[str] = field(default_factory=set)
+
+
+def correction_sources(store: FineTuningStore, structures: Sequence[str] | None = None) -> list[Source]:
+    """The store's real cases whose training view holds corrections (of `structures` if given)."""
+    wanted = None if structures is None else {s.casefold() for s in structures}
+    grouped: dict[str, Source] = {}
+    for row in store.training_view():
+        if row.kind != "correction" or (wanted is not None and row.structure.casefold() not in wanted):
+            continue
+        source = grouped.setdefault(row.case_id, Source(row.case_id, row.image, {}))
+        source.labels[row.structure] = read_volume(row.label).array != 0
+        if row.annotated_slices is None:
+            source.whole.add(row.structure)
+    if not grouped:
+        which = "" if structures is None else f" of {', '.join(structures)}"
+        raise InputError(f"store {store.root} has no corrections{which} to adapt from; submit corrections of real "
+                         "cases first (`medsegadapt store submit`)")
+    return [grouped[case_id] for case_id in sorted(grouped)]
+
+
+def _dice(first: np.ndarray, second: np.ndarray) -> float:
+    total = first.sum() + second.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(first, second).sum() / total)
+
+
+def _new_case_id(store: FineTuningStore, base: str) -> str:
+    """`base`, or `base-2`, `base-3`, ... : the first id not taken in the store."""
+    taken = {case.case_id.casefold() for case in store.cases()}
+    candidate, number = base, 1
+    while candidate.casefold() in taken:
+        number += 1
+        candidate = f"{base}-{number}"
+    return candidate
+
+
+def generate_samples(store: FineTuningStore, environment: Environment, count: int, segmenters: Sequence[Segmenter],
+                     seed: int = 0, threshold: float = DEFAULT_THRESHOLD, self_validation: bool = True,
+                     structures: Sequence[str] | None = None,
+                     progress: ProgressCallback | None = None) -> list[GeneratedLabel]:
+    """Generate `count` samples of `environment` from the store's corrected cases into the store (see the
+    module docstring). self_validation False accepts every pseudo-mask (the ablation)."""
+    if count < 1:
+        raise InputError(f"count must be at least 1, got {count}")
+    sources = correction_sources(store, structures)
+    rng = np.random.default_rng(seed)
+    knowledge = KnowledgeBase.load()
+    generated: list[GeneratedLabel] = []
+    read: dict[str, tuple[Volume, np.ndarray]] = {}
+    for number in range(count):
+        source = sources[number % len(sources)]
+        if source.case_id not in read:
+            image = read_volume(source.image)
+            read[source.case_id] = (image, body_mask(image))
+        volume, body = read[source.case_id]
+        sample = environment.apply(volume, source.labels, rng)
+        queries = sample_queries(sample, rng)
+        case, _ = store.add_image(sample.volume, _new_case_id(store, f"{source.case_id}-{environment.name}-{number:03d}"),
+                                  modality=sample.modality)
+        for structure, reference in sample.labels.items():
+            if not reference.any():
+                continue
+            box = Box3D.around(reference, BOX_MARGIN)
+            ensemble = ensemble_pseudo_mask(segmenters, sample.volume, structure, box, queries.get(structure, ()),
+                                            sample.modality)
+            share = volume_share(source.labels[structure], body) if structure in source.whole else None
+            validation = self_validate(ensemble.mask, sample.volume, sample.modality, knowledge.structure(structure),
+                                       ensemble.agreement, share, threshold)
+            comment = json.dumps({"environment": environment.name, "source_case": source.case_id,
+                                  "parameters": sample.parameters, "queries": queries.get(structure, []),
+                                  "score": validation.score, "checks": validation.checks}, default=str)
+            label = store.submit_mask(case.case_id, structure, ensemble.mask, ANNOTATOR, kind="synthetic",
+                                      comment=comment, source=f"{environment.name} of {source.case_id}")
+            accepted = validation.passed or not self_validation
+            if accepted:
+                store.review(label.label_id, True, REVIEWER,
+                             f"consistency {validation.score:.2f}" + ("" if self_validation else " (not validated)"))
+            reference_dice = _dice(ensemble.mask, reference) if structure in source.whole else None
+            generated.append(GeneratedLabel(case.case_id, structure, label.label_id, queries.get(structure, []),
+                                            validation, accepted, reference_dice))
+        if progress is not None:
+            progress(f"generating {environment.name} samples", number + 1, count)
+    return generated
+
+
+def summarize(generated: Sequence[GeneratedLabel]) -> dict:
+    """Counts per structure: generated, accepted, queued for review, mean reference Dice of each group."""
+    by_structure: dict[str, list[GeneratedLabel]] = defaultdict(list)
+    for label in generated:
+        by_structure[label.structure].append(label)
+
+    def mean_dice(labels: list[GeneratedLabel]) -> float | None:
+        values = [label.reference_dice for label in labels if label.reference_dice is not None]
+        return float(np.mean(values)) if values else None
+
+    return {name: {"generated": len(labels), "accepted": sum(label.accepted for label in labels),
+                   "queued": sum(not label.accepted for label in labels),
+                   "accepted_reference_dice": mean_dice([label for label in labels if label.accepted]),
+                   "queued_reference_dice": mean_dice([label for label in labels if not label.accepted])}
+            for name, labels in sorted(by_structure.items())}

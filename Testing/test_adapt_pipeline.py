@@ -1,0 +1,141 @@
+"""MedSeg-Adapt: ensemble fusion, self-validation on real CTChest4 masks, and the generate-store-train loop."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from MedSegAdaptLib.adapt.cli import parse_settings
+from MedSegAdaptLib.adapt.environments import environment
+from MedSegAdaptLib.adapt.pipeline import generate_samples, summarize
+from MedSegAdaptLib.adapt.pseudo_masks import box_variants, fuse
+from MedSegAdaptLib.adapt.validation import body_mask, self_validate, volume_share
+from MedSegAdaptLib.cli import main
+from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.models import load_backbone
+from MedSegAdaptLib.priors.knowledge import KnowledgeBase
+from MedSegAdaptLib.store import FineTuningStore
+from MedSegAdaptLib.train import load_checkpoint
+
+
+def test_fusion_outvotes_and_down_weights_an_outlier():
+    base = np.zeros((8, 8, 4), bool)
+    base[2:6, 2:6, 1:3] = True
+    grown = base.copy()
+    grown[1:7, 1:7, 1:3] = True
+    outlier = np.zeros_like(base)
+    outlier[0:2, 6:8, 0] = True
+    fused = fuse([base, grown, base, outlier])
+    assert np.array_equal(fused.mask, base)
+    assert fused.weights[3] == min(fused.weights) and fused.weights[3] < 0.1
+    assert 0 < fused.agreement < 1
+    assert fuse([base, base]).agreement == 1.0
+
+
+def test_box_variants_move_in_plane_sides_only_and_stay_inside():
+    variants = box_variants(Box3D((0, 5, 3), (10, 20, 9)), (12, 30, 20))
+    assert [v.lo for v in variants] == [(0, 5, 3), (1, 6, 3), (0, 3, 3)]
+    assert [v.hi for v in variants] == [(10, 20, 9), (9, 19, 9), (11, 22, 9)]
+
+
+@pytest.fixture(scope="module")
+def knowledge():
+    return KnowledgeBase.load()
+
+
+@pytest.fixture(scope="module")
+def body(ctchest4):
+    return body_mask(ctchest4[0])
+
+
+def test_reference_masks_pass_self_validation(ctchest4, knowledge, body):
+    volume, reference = ctchest4
+    for name in ("right lung", "left lung", "thoracic vertebral column"):
+        mask = reference.get(name).mask
+        result = self_validate(mask, volume, "ct", knowledge.structure(name), 1.0, volume_share(mask, body))
+        assert result.passed and result.score == 1.0, (name, result.checks)
+        assert set(result.checks) == {"side", "components", "relative size", "intensity", "agreement"}
+
+
+def test_wrong_side_extra_piece_wrong_tissue_and_disagreement_fail(ctchest4, knowledge, body):
+    volume, reference = ctchest4
+    right = reference.get("right lung").mask
+    left = reference.get("left lung").mask
+    rule = knowledge.structure("right lung")
+    share = volume_share(right, body)
+    wrong_side = self_validate(left, volume, "ct", rule, 1.0, share)
+    assert wrong_side.failed() == ["side"] and not wrong_side.passed
+    cut = right.copy()
+    middle = int(np.median(np.argwhere(right)[:, 2]))
+    cut[:, :, middle - 1:middle + 2] = False  # an upper and a lower piece
+    two_pieces = self_validate(cut, volume, "ct", rule, 1.0, share)
+    assert two_pieces.failed() == ["components"] and two_pieces.checks["components"]["value"] == 2
+    bone = self_validate(reference.get("thoracic vertebral column").mask, volume, "ct",
+                         knowledge.structure("left lung"), 1.0)
+    assert "intensity" in bone.failed() and "relative size" not in bone.checks
+    shaky = self_validate(right, volume, "ct", rule, 0.3, share)
+    assert shaky.failed() == ["agreement"] and shaky.score == pytest.approx((4 + 0.3) / 5)
+    assert self_validate(np.zeros_like(right), volume, "ct", rule, 1.0).score == 0.0
+
+
+def test_settings_parse_json_values():
+    assert parse_settings(["dose_fraction=0.1", "radius_mm=[3,8]", "lesion=liver lesion"]) == {
+        "dose_fraction": 0.1, "radius_mm": (3, 8), "lesion": "liver lesion"}
+    with pytest.raises(InputError, match="NAME=VALUE"):
+        parse_settings(["dose_fraction"])
+
+
+def test_environments_command_lists_all_five(capsys):
+    assert main(["environments", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [e["name"] for e in listing] == ["low-dose-ct", "high-res-ct", "varying-field-mri", "pediatric", "pathology"]
+    assert listing[0]["parameters"]["dose_fraction"] == 0.25
+
+
+def test_adapting_a_store_without_corrections_is_refused(tmp_path, ctchest4):
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(ctchest4[0], "CTChest4", modality="ct")
+        with pytest.raises(InputError, match="no corrections"):
+            generate_samples(store, environment("low-dose-ct"), 1, [])
+
+
+@pytest.mark.slow
+def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", "right lung", reference.get("right lung").mask, "reference")
+        segmenter = Segmenter(load_backbone(for_inference=True), EmbeddingCache())
+        generated = generate_samples(store, environment("low-dose-ct"), 1, [segmenter], seed=3)
+        assert [g.structure for g in generated] == ["right lung"]
+        label = generated[0]
+        print(label.to_dict())
+        assert label.reference_dice > 0.8
+        assert label.accepted == label.validation.passed
+        stored = store.label(label.label_id)
+        assert stored.kind == "synthetic"
+        assert json.loads(stored.comment)["queries"] == label.queries and len(label.queries) >= 2
+        in_view = {(row.case_id, row.kind) for row in store.training_view()}
+        assert ((label.case_id, "synthetic") in in_view) == label.accepted
+        assert (label.label_id in {q.label_id for q in store.review_queue()}) == (not label.accepted)
+        assert summarize(generated)["right lung"]["generated"] == 1
+
+
+@pytest.mark.slow
+def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", "left lung", reference.get("left lung").mask, "reference",
+                          annotated_slices={"k": [14, 20]})
+    code = main(["adapt", str(tmp_path / "store"), "--environment", "pediatric", "--count", "1", "-o",
+                 str(tmp_path / "adapted.pt"), "--epochs", "1", "--min-steps-per-epoch", "2", "--threshold", "0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "left lung: 1 synthetic labels, 1 accepted" in out
+    checkpoint = load_checkpoint(tmp_path / "adapted.pt")
+    with FineTuningStore(tmp_path / "store") as store:
+        assert checkpoint["training_set_version"] == store.training_set_version()
+        assert {row.kind for row in store.training_view()} == {"correction", "synthetic"}
