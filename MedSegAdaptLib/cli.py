@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .active.cli import add_suggest_parser
+from .adapt.cli import add_adapt_parsers
 from .errors import InputError
 from .store.cli import add_store_parser
 from .train.cli import add_finetune_parser
@@ -52,6 +53,9 @@ def _add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected component")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep slice embeddings on disk here, so a later prompt on the same volume skips the encoder")
+    parser.add_argument("--text-encoder", type=Path, default=None,
+                        help="folder of the CLIP text encoder a checkpoint's MedSeg-R priors were trained with, when "
+                             "it is no longer where the checkpoint recorded it (default: the recorded one)")
     _add_model_options(parser)
     parser.set_defaults(func=_run_segment)
 
@@ -89,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_parser(subparsers)
     add_finetune_parser(subparsers)
     add_suggest_parser(subparsers)
+    add_adapt_parsers(subparsers)
     return parser
 
 
-def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | None = None, cache=None):
+def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | None = None, cache=None,
+                   text_encoder: Path | None = None):
     """Backbone and Segmenter from the shared model options; cache: an EmbeddingCache to share
-    (default: a new one, on disk under cache_dir when given)."""
+    (default: a new one, on disk under cache_dir when given); text_encoder: see Segmenter."""
     from .device import resolve_device
     from .inference import EmbeddingCache, Segmenter
     from .models import load_backbone
@@ -103,7 +109,7 @@ def load_segmenter(args: argparse.Namespace, axis: int = 2, cache_dir: Path | No
     backbone = load_backbone(args.backbone, args.checkpoint, device, for_inference=True,
                              encoder_runtime=args.encoder_runtime)
     cache = cache if cache is not None else EmbeddingCache(cache_dir)
-    return Segmenter(backbone, cache, axis=axis, precision=args.precision)
+    return Segmenter(backbone, cache, axis=axis, precision=args.precision, text_encoder=text_encoder)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -119,7 +125,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.structure is None and report is None:
         raise InputError("give --structure NAME, or a --report / --report-file that names the structure")
     volume = read_volume(args.image)
-    segmenter = load_segmenter(args, AXES[args.axis], args.cache_dir)
+    segmenter = load_segmenter(args, AXES[args.axis], args.cache_dir, text_encoder=args.text_encoder)
     segmenter.options = PropagationOptions(largest_component=args.largest_component)
     progress = TerminalProgress()
     try:

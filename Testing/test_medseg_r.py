@@ -1,6 +1,8 @@
 """MedSeg-R on the real backbone: identity before training, fine-tuning with priors, report-guided and
-prompt-free segmentation through the library and the command line."""
+prompt-free segmentation through the library and the command line, a CLIP text encoder end to end."""
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -12,9 +14,12 @@ from MedSegAdaptLib.io import read_segmentation
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.priors.guidance import attach_priors
 from MedSegAdaptLib.priors.modules import PRIORS
+from MedSegAdaptLib.priors.text_encoder import TextEncoder
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.train import FineTuneOptions, fine_tune, load_checkpoint
 from MedSegAdaptLib.train.options import PRIORS as OPTION_PRIORS
+
+from tiny_clip import make_tiny_clip
 
 STRUCTURE = "left lung"
 SLICES = [17, 23]
@@ -73,6 +78,8 @@ def test_priors_checkpoint_round_trip(priors_checkpoint):
     checkpoint = load_checkpoint(priors_checkpoint)
     assert checkpoint["priors"]["use"] == list(PRIORS)
     assert checkpoint["priors"]["text_encoder"].startswith("all-MiniLM-L6-v2@")
+    assert checkpoint["priors"]["text_encoder_kind"] == "minilm" and checkpoint["priors"]["text_dim"] == 384
+    assert checkpoint["priors"]["text_encoder_path"] is None  # packaged: nothing to find again
     assert checkpoint["priors"]["knowledge_base"]
     assert checkpoint["metrics"]["options"]["prompt"] == "mixed"
     assert any(key.startswith("priors.perceptual.") for key in checkpoint["model"])
@@ -139,3 +146,79 @@ def test_report_without_trained_priors_names_the_structure_and_says_so(tmp_path,
     assert read_segmentation(output).get("left lung").mask[:, :, 19:22].any()
     assert main(["segment", str(ctchest4_volume_path()), "-o", str(output), "--box-ijk", str(box)]) == 2
     assert "--structure" in capsys.readouterr().err
+
+
+# --- a CLIP text encoder from a local folder ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory, ctchest4):
+    """(checkpoint, CLIP folder, store, embedding cache folder): MedSeg-R priors trained for one epoch through
+    `medsegadapt finetune --text-encoder` with a tiny random CLIP text encoder of width 32."""
+    volume, reference = ctchest4
+    folder = tmp_path_factory.mktemp("clip")
+    clip = make_tiny_clip(folder / "tiny-clip")
+    with FineTuningStore.init(folder / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", STRUCTURE, reference.get(STRUCTURE).mask, "tester", annotated_slices={"k": SLICES})
+    assert main(["finetune", str(folder / "store"), "-o", str(folder / "clip.pt"), "--priors", "all",
+                 "--text-encoder", str(clip), "--epochs", "1", "--min-steps-per-epoch", "2", "--device", "cpu",
+                 "--encoder-runtime", "torch", "--cache-dir", str(folder / "cache")]) == 0
+    return folder / "clip.pt", clip, folder / "store", folder / "cache"
+
+
+def test_clip_text_encoder_is_recorded_and_loaded_again(clip_run):
+    path, clip, _, _ = clip_run
+    checkpoint = load_checkpoint(path)
+    priors = checkpoint["priors"]
+    assert priors["text_encoder_kind"] == "clip" and priors["text_dim"] == 32
+    assert priors["text_encoder"] == TextEncoder.from_path(clip).identity
+    assert priors["text_encoder_path"] == str(clip.resolve())
+    assert checkpoint["metrics"]["options"]["text_encoder"] == str(clip)
+    assert tuple(checkpoint["model"]["priors.cognitive.project.0.weight"].shape) == (256, 32)  # takes CLIP's tokens
+    assert checkpoint["model"]["priors.perceptual.semantic_gate.scale"].abs().sum() > 0, "the priors trained"
+    loaded = load_backbone(checkpoint=path)
+    assert loaded.priors.cognitive.text_dim == 32
+    guidance = Segmenter(loaded).guidance  # the text encoder the checkpoint recorded
+    assert guidance.text_encoder.kind == "clip" and guidance.text_encoder.folder == clip
+    guidance.check(loaded)
+    tokens = guidance.tokens(guidance.parse(STRUCTURE, "ct", structure=STRUCTURE))
+    assert tokens["location"][0].shape[-1] == 32
+
+
+def test_segment_finds_a_moved_clip_encoder_and_refuses_a_missing_or_other_one(tmp_path, clip_run, ctchest4, capsys):
+    from MedSegAdaptLib.io.sample_data import ctchest4_volume_path
+
+    path, clip, _, cache = clip_run
+    output = tmp_path / "clip.seg.nrrd"
+    command = ["segment", str(ctchest4_volume_path()), "-o", str(output), "--structure", STRUCTURE,
+               "--box-ijk", str(_small_box(ctchest4[1])), "--checkpoint", str(path), "--device", "cpu",
+               "--encoder-runtime", "torch", "--cache-dir", str(cache)]
+    moved = tmp_path / "moved-clip"
+    shutil.move(clip, moved)
+    try:
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert "CLIP text encoder clip-text:tiny-clip@" in error and "32-dimensional" in error
+        assert str(clip.resolve()) in error and "--text-encoder PATH" in error
+        wide = make_tiny_clip(tmp_path / "wide-clip", hidden_size=48)
+        assert main([*command, "--text-encoder", str(wide)]) == 2
+        error = capsys.readouterr().err
+        assert "priors take 32-dimensional text tokens" in error and "48-dimensional" in error
+        other = make_tiny_clip(tmp_path / "other-clip")  # same width, other weights
+        assert main([*command, "--text-encoder", str(other)]) == 2
+        assert "trained with text encoder clip-text:tiny-clip@" in capsys.readouterr().err
+        assert not output.exists()
+        assert main([*command, "--text-encoder", str(moved)]) == 0  # renamed too: the same weights
+        assert read_segmentation(output).get(STRUCTURE).mask[:, :, 19:22].any()
+    finally:
+        shutil.move(moved, clip)
+
+
+def test_finetune_refuses_a_text_encoder_without_priors_or_a_missing_one(tmp_path, clip_run, capsys):
+    _, clip, store, _ = clip_run
+    command = ["finetune", str(store), "-o", str(tmp_path / "x.pt"), "--device", "cpu"]
+    assert main([*command, "--text-encoder", str(clip)]) == 2
+    assert "is for MedSeg-R priors" in capsys.readouterr().err
+    assert main([*command, "--priors", "all", "--text-encoder", str(tmp_path / "no-clip")]) == 2
+    assert "no-clip does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

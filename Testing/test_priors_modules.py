@@ -13,6 +13,8 @@ from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.priors.modules import ATTRIBUTES, PRIORS, MedSegRPriors
 from MedSegAdaptLib.priors.text_encoder import MINILM_NAME, TextEncoder
 
+from tiny_clip import make_tiny_clip
+
 SMALL = {"text_dim": 16, "dim": 32, "heads": 4}  # toy-sized stages for the training tests
 
 
@@ -128,21 +130,7 @@ def test_clip_bad_paths_raise_input_error(tmp_path, encoder):
 
 
 def test_clip_text_encoder_from_local_folder(tmp_path):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = tmp_path / "tiny-clip"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for letter in "abcdefghijklmnopqrstuvwxyz":
-        vocab[letter] = len(vocab)
-        vocab[letter + "</w>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                            pad_token_id=1)
-    CLIPTextModel(config).save_pretrained(folder)
-    CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(folder)
-
+    folder = make_tiny_clip(tmp_path / "tiny-clip")
     clip = TextEncoder.from_path(folder)
     tokens, mask = clip.encode_tokens(["rib", "left lung"])
     assert clip.dim == 32 and tokens.shape == (2, mask.shape[1], 32)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -38,12 +39,15 @@ class Segmenter:
     """Segments structures of volumes with a backbone, reusing slice embeddings across prompts.
 
     A second prompt on the same volume, axis and intensity preset runs only the mask decoder.
+    text_encoder: folder of the CLIP text encoder for the backbone's MedSeg-R priors, when it is no
+    longer where their checkpoint recorded it (None: the recorded one).
     """
 
     def __init__(self, backbone: SamBackbone, cache: EmbeddingCache | None = None, axis: int = 2,
                  batch_size: int | None = None, precision: str = "fp32",
-                 options: PropagationOptions = PropagationOptions()) -> None:
+                 options: PropagationOptions = PropagationOptions(), text_encoder: str | Path | None = None) -> None:
         self.backbone = backbone
+        self.text_encoder = text_encoder
         self.cache = cache if cache is not None else EmbeddingCache()
         self.axis = axis
         self.batch_size = batch_size
@@ -74,7 +78,7 @@ class Segmenter:
     def guidance(self) -> PriorGuidance:
         """Knowledge base and (loaded on first use) text encoder for reports and priors."""
         if self._guidance is None:
-            self._guidance = PriorGuidance()
+            self._guidance = PriorGuidance.for_backbone(self.backbone, self.text_encoder)
         return self._guidance
 
     def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,

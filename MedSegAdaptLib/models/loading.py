@@ -153,7 +153,9 @@ def _apply_finetuning_metadata(model: SamBackbone, metadata: dict) -> None:
     if model.prior_metadata:
         from ..priors.guidance import attach_priors  # the priors import transformers: only when needed
 
-        attach_priors(model, model.prior_metadata["use"])
+        # the width of the text encoder's tokens they were trained with (checkpoints from before the CLIP
+        # option: all-MiniLM-L6-v2's 384)
+        attach_priors(model, model.prior_metadata["use"], text_dim=int(model.prior_metadata.get("text_dim", 384)))
     prompt = metadata.get("metrics", {}).get("options", {}).get("prompt", "box")
     if prompt in ("none", "mixed"):
         model.prompt_free_structures = tuple(metadata.get("structures", ()))

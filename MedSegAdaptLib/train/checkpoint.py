@@ -9,8 +9,10 @@ Keys:
 - ``training_set_version`` of the store's training view it was trained on, ``structures``;
 - ``metrics``: best_epoch, best_val_dice (None without validation), history (per epoch: train_loss,
   val_dice, seconds), train_slices, val_slices, options;
-- ``priors``: for MedSeg-R checkpoints, the priors used (``use``), the text encoder's identity and
-  the knowledge-base version they were trained with (load_backbone re-attaches the priors); else None;
+- ``priors``: for MedSeg-R checkpoints, the priors used (``use``), the text encoder they were trained
+  with (``text_encoder``: name@weights SHA-256 prefix, ``text_encoder_kind``: minilm or clip,
+  ``text_dim``: its token width, ``text_encoder_path``: a CLIP encoder's folder) and the knowledge-base
+  version (load_backbone re-attaches the priors, PriorGuidance.for_backbone the text encoder); else None;
 - ``model``: the full backbone state dict (unfused) of the best epoch so far, what `segment
   --checkpoint` uses;
 - ``optimizer``, ``epoch`` (epochs completed), ``last_trainable`` (the trainable parts' state after

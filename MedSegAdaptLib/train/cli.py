@@ -2,18 +2,25 @@
 
 As elsewhere in the command line, the library is imported when the command runs, so that
 ``medsegadapt --help`` stays fast; bad input raises InputError (``error: ...``, exit status 2).
+
+On several GPUs, launch `finetune` through torchrun, one process per GPU (see MedSegAdaptLib.train.distributed)::
+
+    torchrun --standalone --nproc_per_node 4 -m MedSegAdaptLib.cli finetune STORE -o CKPT --cache-dir CACHE
+
+Only the first process prints and writes the checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `finetune` command to the main command's subparsers."""
-    from .options import FineTuneOptions
-
-    defaults = FineTuneOptions()
     parser = subparsers.add_parser(
         "finetune", help="fine-tune the mask decoder on a store's corrections",
         description="Fine-tune the model's mask decoder on the training view of a fine-tuning store (latest "
@@ -35,6 +42,16 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                              "options except --epochs)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep slice embeddings on disk here (shared with `segment --cache-dir`)")
+    add_training_options(parser)
+    parser.set_defaults(func=run_finetune)
+    return parser
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The fine-tuning hyper-parameters, shared by `finetune` and `adapt`."""
+    from .options import FineTuneOptions
+
+    defaults = FineTuneOptions()
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="slices per step (default: %(default)s)")
@@ -49,6 +66,10 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help="MedSeg-R priors to train: 'all' or some of location,texture,shape,semantic "
                              "(comma-separated); the texts come from the knowledge base's description of each "
                              "structure (default: none, the mask decoder alone)")
+    parser.add_argument("--text-encoder", type=Path, default=None,
+                        help="with --priors: folder of a local CLIP text encoder (transformers format: config.json, "
+                             "weights, tokenizer files) for the priors' texts; the checkpoint records it and `segment` "
+                             "loads it again (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--freeze-decoder", action="store_true", help="with --priors, train only the priors")
     parser.add_argument("--prompt", default=defaults.prompt, choices=("box", "none", "mixed"),
                         help="training prompts: box, none (for prompt-free segmentation) or mixed, half each "
@@ -64,8 +85,6 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help="with --semi-supervised: keep pseudo-labels whose embedding distance to the nearest "
                              "annotated slice is at most this percentile of all candidates' (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
-    parser.set_defaults(func=run_finetune)
-    return parser
 
 
 def parse_priors(text: str) -> tuple[str, ...]:
@@ -79,23 +98,37 @@ def parse_priors(text: str) -> tuple[str, ...]:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    """Handler of `medsegadapt finetune`."""
+    """Handler of `medsegadapt finetune` (data-parallel over torchrun's processes when it started several)."""
+    from ..device import resolve_device
+    from ..store import FineTuningStore
+    from .distributed import process_group
+
+    with process_group(resolve_device(args.device)) as device, FineTuningStore(args.store) as store:
+        fine_tune_from_args(args, store, device)
+    return 0
+
+
+def fine_tune_from_args(args: argparse.Namespace, store, device: torch.device | None = None) -> None:
+    """Fine-tune on `store`'s training view with the model and training options of `args`, printing
+    each epoch and the result (only on rank 0 of a process group); device: default from args.device."""
     from ..device import resolve_device
     from ..inference import EmbeddingCache
     from ..progress import TerminalProgress
-    from ..store import FineTuningStore
+    from .distributed import world
     from .options import FineTuneOptions
     from .trainer import fine_tune
 
     options = FineTuneOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                               min_steps_per_epoch=args.min_steps_per_epoch, patience=args.patience,
                               train_prompt_encoder=args.train_prompt_encoder, seed=args.seed,
-                              priors=parse_priors(args.priors), train_decoder=not args.freeze_decoder,
+                              priors=parse_priors(args.priors), text_encoder=args.text_encoder,
+                              train_decoder=not args.freeze_decoder,
                               prompt=args.prompt, semi_supervised=args.semi_supervised,
                               confidence_percentile=args.confidence_percentile,
                               distance_percentile=args.distance_percentile)
-    device = resolve_device(args.device)
-    progress = TerminalProgress()
+    device = resolve_device(args.device) if device is None else device
+    main = world().main
+    progress = TerminalProgress() if main else None
 
     def on_epoch(record: dict) -> None:
         progress.close()
@@ -103,14 +136,16 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"epoch {record['epoch']:3d} {record['stage']:>15}  loss {record['train_loss']:.4f}  val Dice {val}  "
               f"{record['seconds']:.1f} s  (best epoch {record['best_epoch']})", flush=True)
 
-    with FineTuningStore(args.store) as store:
-        try:
-            result = fine_tune(store, args.output, backbone=args.backbone, checkpoint=args.checkpoint,
-                               device=device, options=options, resume=args.resume,
-                               cache=EmbeddingCache(args.cache_dir), encoder_runtime=args.encoder_runtime,
-                               progress=progress, on_epoch=on_epoch)
-        finally:
+    try:
+        result = fine_tune(store, args.output, backbone=args.backbone, checkpoint=args.checkpoint,
+                           device=device, options=options, resume=getattr(args, "resume", None),
+                           cache=EmbeddingCache(args.cache_dir), encoder_runtime=args.encoder_runtime,
+                           progress=progress, on_epoch=on_epoch if main else None)
+    finally:
+        if progress is not None:
             progress.close()
+    if not main:
+        return
     print(f"training set {result.training_set_version}: {', '.join(result.structures)}; "
           f"{result.train_slices} training / {result.val_slices} validation slices, "
           f"{result.slices_encoded} slices encoded, on {device}")
@@ -119,4 +154,3 @@ def run_finetune(args: argparse.Namespace) -> int:
     best = "" if result.best_val_dice is None else f", validation Dice {result.best_val_dice:.3f}"
     stop = " (stopped early)" if result.stopped_early else ""
     print(f"best epoch {result.best_epoch} of {result.epochs_run}{best}{stop}; wrote {result.checkpoint}")
-    return 0

@@ -17,6 +17,9 @@ class FineTuneOptions:
     [-box_jitter, box_jitter]. validation_fraction, min_slices_for_validation, patience: see
     MedSegAdaptLib.train.trainer.
     priors: MedSeg-R priors to train (a subset of location, texture, shape, semantic; empty: none).
+    text_encoder: folder of a local CLIP text encoder (transformers format) that encodes the priors'
+    texts; None: the packaged all-MiniLM-L6-v2 (or, continuing a MedSeg-R checkpoint, the encoder it
+    was trained with).
     train_decoder: whether the mask decoder learns too. prompt: what each training slice is prompted
     with: 'box', 'none' (prompt-free segmentation) or 'mixed' (box or none, half each).
     semi_supervised: after `epochs` epochs on the annotated slices, pseudo-label the unannotated slices
@@ -39,6 +42,7 @@ class FineTuneOptions:
     patience: int = 3
     seed: int = 0
     priors: tuple[str, ...] = ()
+    text_encoder: str | None = None
     train_decoder: bool = True
     prompt: str = "box"
     semi_supervised: bool = False
@@ -47,6 +51,8 @@ class FineTuneOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priors", tuple(self.priors))
+        if self.text_encoder is not None:  # a plain string, so that checkpoints can keep it
+            object.__setattr__(self, "text_encoder", str(self.text_encoder))
         unknown = sorted(set(self.priors) - set(PRIORS))
         if unknown:
             raise InputError(f"unknown priors {', '.join(unknown)}; expected some of {', '.join(PRIORS)}")

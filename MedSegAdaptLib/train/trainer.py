@@ -23,6 +23,10 @@ for the set number of epochs, and the last epoch is kept.
 
 A checkpoint is written atomically after every epoch, so an interrupted run resumes (`resume=`).
 
+Several GPUs (or processes): launched by torchrun inside MedSegAdaptLib.train.distributed.process_group
+(as `medsegadapt finetune` does), the ranks share each epoch's batches and average their gradients;
+see MedSegAdaptLib.train.distributed. One process trains as described above.
+
 Selective semi-supervision (`options.semi_supervised`): the run above is stage one; its best model
 then pseudo-labels the unannotated slices of partial annotations, the confident pseudo-labels close
 to annotated slices are added to the training slices (never to validation), and stage two trains
@@ -55,6 +59,7 @@ from ..models.loading import file_sha256, read_checkpoint
 from ..priors.guidance import PriorGuidance, attach_priors
 from ..priors.modules import AttributeTokens
 from ..store.store import FineTuningStore
+from . import distributed
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .dataset import SliceDataset, TrainingSlice
 from .options import FineTuneOptions
@@ -216,7 +221,8 @@ class FineTuner:
             saved = dict(self.resumed["metrics"].get("options", {}))
             saved["betas"] = tuple(saved.get("betas", options.betas))
             saved["priors"] = tuple(saved.get("priors", ()))
-            options = dataclasses.replace(FineTuneOptions(**saved), epochs=options.epochs)
+            options = dataclasses.replace(FineTuneOptions(**saved), epochs=options.epochs,
+                                          text_encoder=options.text_encoder)  # None: the one the checkpoint recorded
             self.model = load_backbone(backbone, resume, self.device,
                                        base_weights_sha256=_base_weights_sha256(checkpoint))
             self.base_sha256 = self.resumed["backbone_weights_sha256"]
@@ -226,18 +232,25 @@ class FineTuner:
             self.model = load_backbone(backbone, checkpoint, self.device)
             self.base_sha256 = _base_weights_sha256(checkpoint) if checkpoint is not None \
                 else self.model.spec.weights_sha256
-            if self.model.priors is not None:  # continuing a MedSeg-R checkpoint: its priors keep training
-                options = dataclasses.replace(options, priors=tuple(self.model.priors.use))
-            elif options.priors:
-                attach_priors(self.model, options.priors, seed=options.seed)
+        self.guidance: PriorGuidance | None = None
+        if self.model.priors is not None or options.priors:
+            # continuing a MedSeg-R checkpoint, its priors keep training with the text encoder it recorded
+            self.guidance = PriorGuidance.for_backbone(self.model, options.text_encoder)
+            if self.model.priors is None:
+                attach_priors(self.model, options.priors, text_dim=self.guidance.text_encoder.dim, seed=options.seed)
+            self.guidance.check(self.model)
+            clip_path = self.guidance.clip_path
+            options = dataclasses.replace(options, priors=tuple(self.model.priors.use),
+                                          text_encoder=None if clip_path is None else str(clip_path))
+        elif options.text_encoder is not None:
+            raise InputError(f"text encoder {options.text_encoder} is for MedSeg-R priors: give the priors to train "
+                             "(--priors) too")
         if self.resumed is not None and options.semi_supervised:
             raise InputError(f"checkpoint {resume} is of a semi-supervised run, which cannot be resumed "
                              "(its pseudo-labels are not kept); start it again without --resume")
         self.options = options
         self.pseudo_labels: SelectionReport | None = None
-        self.guidance = PriorGuidance() if self.model.priors is not None else None
-        if self.guidance is not None:
-            self.guidance.check(self.model)
+        self.world = distributed.world()
         self.encoder_runtime = encoder_runtime
         self.dataset = SliceDataset(self.rows, self.base_sha256, cache)
         self.train_index, self.val_index = split_validation(len(self.dataset), options)
@@ -271,13 +284,14 @@ class FineTuner:
         self.model.eval()
         tokens = self._prior_tokens()
         scores = []
-        for start in range(0, len(self.val_index), 8):
-            items = [self.dataset.slices[i] for i in self.val_index[start:start + 8]]
+        val_index = distributed.shard(self.val_index)
+        for start in range(0, len(val_index), 8):
+            items = [self.dataset.slices[i] for i in val_index[start:start + 8]]
             boxes = choose_prompts(prompt_boxes(items, self.options.box_margin, 0, None).to(self.device),
                                    self.options.prompt, None)
             for logits, item in zip(slice_logits(self.model, self._embeddings(items), boxes, items, tokens), items):
                 scores.append(_dice(logits > 0, item.mask))
-        return float(np.mean(scores))
+        return distributed.mean(scores)
 
     def run(self, progress: ProgressCallback | None = None,
             on_epoch: Callable[[dict], None] | None = None) -> FineTuneResult:
@@ -286,7 +300,8 @@ class FineTuner:
         opts, model = self.options, self.model
         if opts.semi_supervised:
             self.dataset.include_unannotated()
-        encoded = self._encode(progress)
+        with distributed.rank0_first(enabled=self.dataset.cache.directory is not None):  # fill the disk cache once
+            encoded = self._encode(progress)
         model.requires_grad_(False)
         prefixes = _trainable_prefixes(opts)
         parameters = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
@@ -298,13 +313,14 @@ class FineTuner:
         if self.resumed is not None:
             optimizer.load_state_dict(self.resumed["optimizer"])
             state.restore(self.resumed, prefixes)
-        self._train(optimizer, state, state.start_epoch, opts.epochs, "supervised", progress, on_epoch)
+        self._train(optimizer, parameters, state, state.start_epoch, opts.epochs, "supervised", progress, on_epoch)
         if opts.semi_supervised:
             model.load_state_dict(state.best_state, strict=False)  # the teacher: stage one's best
-            self.pseudo_labels = self._select_pseudo_labels(progress)
+            self.pseudo_labels = distributed.from_rank0(self._select_pseudo_labels(progress) if self.world.main else None)
             self.train_index = self.train_index + self.dataset.add_pseudo_labels(self.pseudo_labels.accepted)
             state.stale, state.stopped = 0, False
-            self._train(optimizer, state, opts.epochs, 2 * opts.epochs, "semi-supervised", progress, on_epoch)
+            self._train(optimizer, parameters, state, opts.epochs, 2 * opts.epochs, "semi-supervised", progress,
+                        on_epoch)
         if len(state.history) == state.start_epoch:  # a resumed run that had nothing left to do still writes
             self._save(optimizer, state.start_epoch, state)
         model.load_state_dict(state.best_state, strict=False)
@@ -313,40 +329,54 @@ class FineTuner:
                               len(self.train_index), len(self.val_index), len(state.history), state.best_epoch,
                               state.best_dice, state.history, encoded, state.stopped, self.pseudo_labels)
 
-    def _train(self, optimizer: torch.optim.Optimizer, state: _TrainingState, first: int, last: int, stage: str,
-               progress: ProgressCallback | None, on_epoch: Callable[[dict], None] | None) -> None:
+    def _batches(self, epoch: int) -> list[tuple[list[TrainingSlice], list[torch.Tensor | None]]]:
+        """This rank's (slices, prompts) batches of an epoch: all ranks draw every batch from the same
+        seeded generator (order, box jitter, prompt choice), each rank keeps its share."""
+        opts = self.options
+        steps = max(math.ceil(len(self.train_index) / opts.batch_size), opts.min_steps_per_epoch)
+        steps = math.ceil(steps / self.world.size) * self.world.size  # the same number of steps on every rank
+        rng = np.random.default_rng([opts.seed, epoch])
+        order = np.concatenate([rng.permutation(self.train_index)
+                                for _ in range(math.ceil(steps * opts.batch_size / len(self.train_index)))])
+        batches = []
+        for step in range(steps):
+            items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
+            boxes = choose_prompts(prompt_boxes(items, opts.box_margin, opts.box_jitter, rng).to(self.device),
+                                   opts.prompt, rng)
+            batches.append((items, boxes))
+        return distributed.shard(batches)
+
+    def _train(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], state: _TrainingState,
+               first: int, last: int, stage: str, progress: ProgressCallback | None,
+               on_epoch: Callable[[dict], None] | None) -> None:
         """Epochs first+1 .. last on the current training slices, with validation and early stopping."""
         opts, model = self.options, self.model
         loss_fn = DiceCELoss(sigmoid=True)
         tokens = self._prior_tokens()
-        steps = max(math.ceil(len(self.train_index) / opts.batch_size), opts.min_steps_per_epoch)
         for epoch in range(first, last):
             if state.stopped:
                 break
             started = time.perf_counter()
-            rng = np.random.default_rng([opts.seed, epoch])  # boxes, order, prompt choice
-            torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout in the priors: same seed, same run
-            order = np.concatenate([rng.permutation(self.train_index)
-                                    for _ in range(math.ceil(steps * opts.batch_size / len(self.train_index)))])
+            batches = self._batches(epoch)
+            # dropout in the priors: same seed, same run (each rank its own stream)
+            torch.manual_seed(opts.seed * 100_003 + epoch + 1_000_003 * self.world.rank)
             model.mask_decoder.train(opts.train_decoder)
             model.prompt_encoder.train(opts.train_prompt_encoder)
             if model.priors is not None:
                 model.priors.train()
             losses = []
-            for step in range(steps):
-                items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
-                boxes = choose_prompts(prompt_boxes(items, opts.box_margin, opts.box_jitter, rng).to(self.device),
-                                       opts.prompt, rng)
+            for step, (items, boxes) in enumerate(batches):
                 loss = batch_loss(model, loss_fn, self._embeddings(items), boxes, items, tokens)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(parameters)
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 if progress is not None:
-                    progress(f"fine-tuning epoch {epoch + 1}/{last}", step + 1, steps)
+                    progress(f"fine-tuning epoch {epoch + 1}/{last}", step + 1, len(batches))
             val_dice = self.validate()
-            record = {"epoch": epoch + 1, "stage": stage, "train_loss": float(np.mean(losses)),
-                      "val_dice": val_dice, "seconds": time.perf_counter() - started, "steps": steps}
+            record = {"epoch": epoch + 1, "stage": stage, "train_loss": distributed.mean(losses),
+                      "val_dice": val_dice, "seconds": time.perf_counter() - started, "steps": len(batches)}
             state.history.append(record)
             if val_dice is None or state.best_dice is None or val_dice > state.best_dice + 1e-4:
                 state.best_epoch, state.best_dice, state.stale = epoch + 1, val_dice, 0
@@ -375,6 +405,9 @@ class FineTuner:
         return select_pseudo_labels(candidates, self.options.confidence_percentile, self.options.distance_percentile)
 
     def _save(self, optimizer: torch.optim.Optimizer, epoch: int, state: _TrainingState) -> None:
+        """Write the checkpoint (rank 0 only)."""
+        if not self.world.main:
+            return
         full = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         full.update(state.best_state)
         options = dataclasses.asdict(self.options)

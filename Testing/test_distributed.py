@@ -1,0 +1,105 @@
+"""Data-parallel fine-tuning, launched for real by torchrun on the CPU (Gloo): two processes train like one
+process over both ranks' batches, keep identical weights, and only rank 0 prints and writes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import MedSegAdaptLib
+from MedSegAdaptLib.inference import EmbeddingCache
+from MedSegAdaptLib.models import load_backbone
+from MedSegAdaptLib.store import FineTuningStore
+from MedSegAdaptLib.train import FineTuneOptions, fine_tune, load_checkpoint
+from MedSegAdaptLib.train.distributed import World, average_gradients, mean, process_group, shard, world
+
+STRUCTURE = "left lung"
+SLICES = [17, 23]
+
+# Each rank runs `medsegadapt finetune` and then saves its mask decoder and how many slices it encoded.
+RANK_SCRIPT = """
+import os, sys
+import torch
+from MedSegAdaptLib import cli
+from MedSegAdaptLib.train import trainer
+
+runs = []
+run = trainer.FineTuner.run
+
+def recording_run(self, *args, **kwargs):
+    result = run(self, *args, **kwargs)
+    runs.append((self, result))
+    return result
+
+trainer.FineTuner.run = recording_run
+code = cli.main(sys.argv[2:])
+tuner, result = runs[0]
+decoder = {k: v for k, v in tuner.model.state_dict().items() if k.startswith("mask_decoder.")}
+torch.save({"decoder": decoder, "encoded": result.slices_encoded}, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+sys.exit(code)
+"""
+
+
+def test_one_process_is_a_world_of_one(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    parameter = torch.nn.Parameter(torch.ones(3))
+    parameter.grad = torch.full((3,), 2.0)
+    with process_group(torch.device("cpu")) as device:
+        assert device == torch.device("cpu") and world() == World(0, 1) and world().main
+        assert shard([1, 2, 3]) == [1, 2, 3]
+        assert mean([0.25, 0.5]) == 0.375
+        average_gradients([parameter])
+    assert torch.equal(parameter.grad, torch.full((3,), 2.0))
+
+
+def _decoder_distance(first: dict, second: dict) -> float:
+    """Euclidean distance between two state dicts (same keys)."""
+    return float(sum(((first[k].float() - second[k].float()) ** 2).sum() for k in first) ** 0.5)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_like_one_over_both_batches(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", STRUCTURE, reference.get(STRUCTURE).mask, "tester", annotated_slices={"k": SLICES})
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    # two batches of two slices per epoch: one per rank, whose gradients are averaged into one step
+    training = ["--epochs", "1", "--batch-size", "2", "--min-steps-per-epoch", "2", "--lr", "1e-3", "--device", "cpu",
+                "--encoder-runtime", "torch", "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(MedSegAdaptLib.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(tmp_path / "rank.py"), str(tmp_path), "finetune", str(tmp_path / "store"), "-o", str(tmp_path / "ddp.pt"),
+         *training], capture_output=True, text=True, timeout=600, env=env)
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-4000:]
+    assert launched.stdout.count("wrote ") == 1 and launched.stdout.count("epoch   1") == 1, launched.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == ["ddp.pt", "rank0.pt", "rank1.pt"]
+
+    checkpoint = load_checkpoint(tmp_path / "ddp.pt")
+    assert checkpoint["metrics"]["history"][0]["steps"] == 1  # each rank one of the two batches
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert [r["encoded"] for r in ranks] == [2, 0]  # rank 0 filled the disk cache, rank 1 read it
+    for key, value in ranks[0]["decoder"].items():
+        assert torch.equal(value, ranks[1]["decoder"][key]), f"ranks differ in {key}"
+        assert torch.equal(value, checkpoint["model"][key]), f"checkpoint differs from the ranks in {key}"
+
+    # one process, one step over both ranks' batches at once (the same seeded order and box jitter)
+    with FineTuningStore(tmp_path / "store") as store:
+        fine_tune(store, tmp_path / "one.pt", options=FineTuneOptions(epochs=1, batch_size=4, min_steps_per_epoch=1,
+                                                                        learning_rate=1e-3),
+                  cache=EmbeddingCache(tmp_path / "cache"), encoder_runtime="torch")
+    single = {k: v for k, v in load_checkpoint(tmp_path / "one.pt")["model"].items() if k.startswith("mask_decoder.")}
+    start = {k: v for k, v in load_backbone().state_dict().items() if k.startswith("mask_decoder.")}
+    moved, gap = _decoder_distance(single, start), _decoder_distance(ranks[0]["decoder"], single)
+    differ = torch.cat([(ranks[0]["decoder"][k] - single[k]).abs().flatten() for k in single]) > 1e-5  # 1% of a step
+    print(f"decoder moved {moved:.4g} from the pretrained one; two processes vs one: {gap:.3g}, "
+          f"{int(differ.sum())} of {differ.numel()} weights differ by more than 1e-5")
+    # equal up to rounding: Adam's first step is lr * sign(gradient), so the few weights whose gradient is
+    # rounding noise (e.g. attention key biases, to which softmax is blind) may step either way
+    assert moved > 0 and gap < 0.01 * moved and differ.float().mean() < 1e-3
