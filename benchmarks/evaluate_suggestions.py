@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()
     run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
     volume = read_volume(ctchest4_volume_path())
     reference = read_segmentation(ctchest4_segmentation_path())
     cache = EmbeddingCache()
@@ -107,12 +108,14 @@ def main() -> None:
                         scores.append(fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache,
                                                       options))
                         picks.append(slices)
+                        with open(run_dir / "runs.jsonl", "a") as log:  # each run, in case a long run is cut short
+                            log.write(json.dumps({"structure": name, "strategy": strategy, "mode": mode, "K": budget,
+                                                  "seed": seed, "slices": slices, "dice": scores[-1]}) + "\n")
                     row[f"K={budget}"] = float(np.mean(scores))
                     row[f"K={budget} sd"] = float(np.std(scores))
                     row[f"K={budget} slices"] = picks
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                run_dir.mkdir(parents=True, exist_ok=True)
                 with open(run_dir / "results.jsonl", "a") as log:
                     log.write(json.dumps(row) + "\n")
     print("| structure | strategy | fine-tuning | " + " | ".join(f"K={b}" for b in budgets) + " |")
