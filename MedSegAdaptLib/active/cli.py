@@ -1,4 +1,5 @@
-"""``medsegadapt suggest IMAGE_OR_STORE --structure NAME --budget K``: which slices to annotate next.
+"""``medsegadapt suggest IMAGE_OR_STORE --structure NAME --budget K [--volumes]``: which slices (or, with
+``--volumes``, which of a store's cases) to annotate next.
 
 As elsewhere in the command line, the library is imported when the command runs, so that
 ``medsegadapt --help`` stays fast; bad input raises InputError (``error: ...``, exit status 2).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,12 +28,19 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "boxes) and how far it is from what the model knows (DKD: distance of its embedding from the "
                     "labeled slices and, with a fine-tuned --checkpoint, divergence from the pretrained model), "
                     "then pick a spread-out set. Our adaptation of ASSFT's active learning (the paper gives no "
-                    "formulas). Slices already annotated are never suggested.")
+                    "formulas). Slices already annotated are never suggested. With --volumes, rank the cases of a "
+                    "store instead: whole volumes to annotate next, scored by the mean ASD over their predicted "
+                    "slices and the DKD of their mean embedding from the volumes annotated in full, which are "
+                    "never suggested.")
     parser.add_argument("target", type=Path, metavar="IMAGE_OR_STORE",
                         help="an image file or DICOM folder, or a fine-tuning store folder (its annotated slices "
                              "are skipped; without --box-ijk its latest prediction or correction gives the box)")
     parser.add_argument("--structure", required=True, help="structure name (also picks the CT window)")
-    parser.add_argument("--budget", type=int, required=True, help="number of slices to suggest (1 or more)")
+    parser.add_argument("--budget", type=int, required=True,
+                        help="number of slices (volumes with --volumes) to suggest (1 or more)")
+    parser.add_argument("--volumes", action="store_true",
+                        help="rank the store's cases as whole volumes to annotate, each prompted by its latest "
+                             "prediction or correction of the structure")
     parser.add_argument("--case-id", help="case of the store (default: its only case); with an image, a label for it")
     parser.add_argument("--box-ijk", help="3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices)")
     parser.add_argument("--point-ijk", action="append", default=[],
@@ -75,8 +84,10 @@ def run_suggest(args: argparse.Namespace) -> int:
     from .scoring import ScoringOptions
     from .suggest import check_budget, suggest_from_store, suggest_slices
 
-    budget = check_budget(args.budget)
     axis = AXES.index(args.axis)
+    if args.volumes:
+        return _run_volumes(args, axis)
+    budget = check_budget(args.budget)
     box = Box3D.parse(args.box_ijk) if args.box_ijk else None
     points = [Point3D.parse(text) for text in args.point_ijk]
     annotated = set(parse_slices(args.annotated).get(args.axis, [])) if args.annotated else set()
@@ -108,6 +119,51 @@ def run_suggest(args: argparse.Namespace) -> int:
                          "reason": s.reason} for rank, s in enumerate(suggestions, 1)]))
     model = "fine-tuned vs pretrained model" if adapted is not None else "one model, no divergence term"
     print(f"{len(suggestions)} of {budget} slices suggested for {args.structure!r} in "
+          f"{time.perf_counter() - started:.1f} s ({model})")
+    return 0
+
+
+def _run_volumes(args: argparse.Namespace, axis: int) -> int:
+    """`medsegadapt suggest STORE --volumes`: rank the store's cases as whole volumes to annotate."""
+    from ..evaluation import format_table
+    from ..progress import TerminalProgress
+    from ..store import FineTuningStore
+    from ..store.layout import MANIFEST_NAME
+    from .suggest import check_budget
+    from .volumes import suggest_volumes_from_store
+
+    budget = check_budget(args.budget, "volumes")
+    given = [flag for flag, value in (("--case-id", args.case_id), ("--box-ijk", args.box_ijk),
+                                      ("--point-ijk", args.point_ijk), ("--annotated", args.annotated),
+                                      ("--all-slices", args.all_slices)) if value]
+    if given:
+        raise InputError(f"{', '.join(given)} cannot go with --volumes, which ranks every case of the store, each "
+                         "prompted by its own labels; expected no per-case options")
+    if not (args.target / MANIFEST_NAME).is_file():
+        raise InputError(f"{args.target} is not a fine-tuning store (no {MANIFEST_NAME}); --volumes ranks the cases "
+                         "of a store made by `medsegadapt store init`")
+    started = time.perf_counter()
+    progress = TerminalProgress()
+    try:
+        with FineTuningStore(args.target) as store:
+            segmenter, adapted = _segmenters(args, axis)
+            ranking = suggest_volumes_from_store(store, args.structure, budget, segmenter, adapted, axis, args.seed,
+                                                 progress=progress)
+    finally:
+        progress.close()
+    for note in ranking.skipped:
+        print(f"skipped {note}", file=sys.stderr)
+    suggestions = ranking.suggestions
+    if args.json:
+        print(json.dumps([suggestion.to_dict() for suggestion in suggestions], indent=2))
+        return 0
+    if not suggestions:
+        print(f"no volume to suggest for {args.structure!r}: the model predicts it in none of the candidate cases")
+        return 0
+    print(format_table([{"rank": rank, "case": s.case_id, "score": s.score, "DKD": s.dkd, "ASD": s.asd,
+                         "reason": s.reason} for rank, s in enumerate(suggestions, 1)]))
+    model = "fine-tuned vs pretrained model" if adapted is not None else "one model, no divergence term"
+    print(f"{len(suggestions)} of {budget} volumes suggested for {args.structure!r} in "
           f"{time.perf_counter() - started:.1f} s ({model})")
     return 0
 

@@ -159,9 +159,24 @@ def normalise(values: Sequence[float]) -> np.ndarray:
     return (values - values.min()) / spread if spread > 1e-12 else np.zeros_like(values)
 
 
+def combine_scores(difficulty: Sequence[float], distance: Sequence[float], divergence: Sequence[float] | None,
+                   options: ScoringOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ASD, DKD, divergence_led, total), each (N,), from N candidates' raw difficulty ((entropy +
+    disagreement) / 2), embedding distance and divergence (None without an adapted model), as the module
+    docstring says; divergence_led marks where the normalised divergence exceeds the normalised distance."""
+    asd = normalise(difficulty)
+    dkd = closeness = normalise(distance)
+    divergence_led = np.zeros(len(asd), dtype=bool)
+    if divergence is not None:
+        departure = normalise(divergence)
+        divergence_led = departure > closeness
+        dkd = options.divergence_share * departure + (1 - options.divergence_share) * closeness
+    return asd, dkd, divergence_led, options.weight_dkd * dkd + options.weight_asd * asd
+
+
 def select_diverse(indices: Sequence[int], totals: Sequence[float], pooled: np.ndarray,
                    labeled: Sequence[int], labeled_pooled: np.ndarray, budget: int,
-                   options: ScoringOptions = ScoringOptions()) -> list[Pick]:
+                   options: ScoringOptions = ScoringOptions(), by_position: bool = True) -> list[Pick]:
     """Greedy k-center-like pick of `budget` candidate slices, returned by score (best first).
 
     indices, totals: the candidates and their totals in [0, 1]; pooled (N, D), labeled_pooled (M, D):
@@ -169,7 +184,9 @@ def select_diverse(indices: Sequence[int], totals: Sequence[float], pooled: np.n
     an anchor r (picked or labeled) is 0.5 * min(1, |k - r| / spacing) + 0.5 * min(1, cos_dist(k, r)
     / D) with D the median pairwise cosine distance of the candidates; each step picks the largest
     total * min-over-anchors(separation) ** diversity, first skipping candidates within min_gap slices
-    of an anchor. Ties go to the lower slice; deterministic.
+    of an anchor. Ties go to the lower slice; deterministic. by_position False: indices are distinct
+    ids, not slice positions (whole volumes), and the separation is min(1, cos_dist(k, r) / D) alone,
+    without spacing or min_gap.
     """
     indices = np.asarray(indices, dtype=int)
     totals = np.asarray(totals, dtype=np.float64)
@@ -186,11 +203,12 @@ def select_diverse(indices: Sequence[int], totals: Sequence[float], pooled: np.n
         nearest = np.full(len(indices), -1)
         gap = np.full(len(indices), np.inf)
         if anchors:
-            position = np.minimum(1, np.abs(indices[:, None] - np.asarray(anchors)[None]) / spacing)
-            embedded = np.minimum(1, cosine_distances(pooled, np.stack(anchor_pooled)) / scale)
-            combined = 0.5 * position + 0.5 * embedded
+            combined = np.minimum(1, cosine_distances(pooled, np.stack(anchor_pooled)) / scale)
+            if by_position:
+                offsets = np.abs(indices[:, None] - np.asarray(anchors)[None])
+                combined = 0.5 * np.minimum(1, offsets / spacing) + 0.5 * combined
+                gap = offsets.min(1)
             separation, nearest = combined.min(1), np.asarray(anchors)[combined.argmin(1)]
-            gap = np.abs(indices[:, None] - np.asarray(anchors)[None]).min(1)
         adjusted = totals * separation ** options.diversity
         allowed = free & (gap > options.min_gap)
         choice = int(np.argmax(np.where(allowed if allowed.any() else free, adjusted, -np.inf)))

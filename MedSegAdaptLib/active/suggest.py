@@ -6,7 +6,7 @@ a case of a fine-tuning store, skipping the slices already annotated there.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,8 +18,8 @@ from ..inference.prompts import AXIS_NAMES, mask_rect, take_slices
 from ..inference.segmenter import SegmentationOutcome
 from ..inference.volumetric import VolumePropagator, clip_rect, grow_rect
 from ..io import Volume, read_volume
-from ..store import FineTuningStore
-from .scoring import (ScoringOptions, SliceDecoder, jittered_rects, knowledge_distance, mask_dice, normalise,
+from ..store import FineTuningStore, LabelVersion
+from .scoring import (ScoringOptions, SliceDecoder, combine_scores, jittered_rects, knowledge_distance, mask_dice,
                       pooled_embeddings, select_diverse, slice_difficulty)
 
 BOX_MARGIN_VOXELS = 2
@@ -47,14 +47,21 @@ class Suggestion:
         return asdict(self)
 
 
-def check_budget(budget: int) -> int:
-    """`budget` when it is a whole number of slices >= 1; InputError otherwise."""
+def check_budget(budget: int, unit: str = "slices") -> int:
+    """`budget` when it is a whole number (of `unit`) >= 1; InputError otherwise."""
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise InputError(f"budget {budget!r} is not a number of slices to suggest; expected 1 or more")
+        raise InputError(f"budget {budget!r} is not a number of {unit} to suggest; expected 1 or more")
     return int(budget)
 
 
-def _on_axis(segmenter: Segmenter, axis: int) -> Segmenter:
+def check_axis(axis: int) -> int:
+    """`axis` when it is 0, 1 or 2 (i, j, k); InputError otherwise."""
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis {axis!r} is not a volume axis; expected 0, 1 or 2 (i, j, k)")
+    return axis
+
+
+def on_axis(segmenter: Segmenter, axis: int) -> Segmenter:
     """`segmenter`, or one sharing its model and embedding cache that slices along `axis`."""
     if segmenter.axis == axis:
         return segmenter
@@ -72,8 +79,8 @@ def _decoder(segmenter: Segmenter, volume: Volume, outcome: SegmentationOutcome,
     return SliceDecoder(encoder, VolumePropagator(encoder, segmenter.options, tokens))
 
 
-def _candidate_prompts(mask: np.ndarray, axis: int, box: Box3D | None, propagator: VolumePropagator,
-                       margin: int, options: ScoringOptions, structure: str) -> tuple[dict[int, np.ndarray], set[int]]:
+def candidate_prompts(mask: np.ndarray, axis: int, box: Box3D | None, propagator: VolumePropagator,
+                      margin: int, options: ScoringOptions, structure: str) -> tuple[dict[int, np.ndarray], set[int]]:
     """({slice: box (x0, y0, x1, y1)} for the candidate slices, the slices with a prediction).
 
     Candidates: the predicted extent +- slice_margin (inside the 3D box), or every slice. A slice's
@@ -121,6 +128,51 @@ def _slice_parts(decoder: SliceDecoder, base: SliceDecoder | None, index: int, p
             "foreground_pixels": foreground}
 
 
+def segment_for_scoring(segmenter: Segmenter, adapted_segmenter: Segmenter | None, volume: Volume, structure: str,
+                        box: Box3D | None, points: Sequence[Point3D], axis: int, modality: str,
+                        progress: ProgressCallback | None
+                        ) -> tuple[SegmentationOutcome, SliceDecoder, SliceDecoder | None]:
+    """Segment `structure` along `axis` with the adapted model, else the pretrained one; returns the outcome,
+    that model's slice decoder and, with an adapted model, the pretrained one's, both prepared as in the outcome."""
+    current = on_axis(adapted_segmenter or segmenter, axis)
+    outcome = current.segment(volume, structure, box, points, modality, progress)
+    decoder = _decoder(current, volume, outcome, structure)
+    base = None if adapted_segmenter is None else _decoder(on_axis(segmenter, axis), volume, outcome, structure)
+    return outcome, decoder, base
+
+
+def score_slices(decoder: SliceDecoder, base: SliceDecoder | None, prompts: Mapping[int, np.ndarray],
+                 prompt_free: bool, points: Sequence[Point3D], seed: int, options: ScoringOptions,
+                 progress: ProgressCallback | None) -> dict[int, dict[str, float | None]]:
+    """Raw scores (see :func:`_slice_parts`) of each slice of `prompts` {index: box (x0, y0, x1, y1)}, in its
+    order; prompt_free: decode without the box (the pretrained model still gets it)."""
+    parts: dict[int, dict[str, float | None]] = {}
+    for number, (index, prompt) in enumerate(prompts.items()):
+        parts[index] = _slice_parts(decoder, base, index, None if prompt_free else prompt, prompt,
+                                    [p for p in points if p.ijk[decoder.encoder.axis] == index], seed, options)
+        if progress is not None:
+            progress("scoring slices", number + 1, len(prompts))
+    return parts
+
+
+def explain_scores(difficulty: str, asd: float, dkd: float, divergence_led: bool, labeled: bool, unit: str,
+                   whole: str, options: ScoringOptions) -> str:
+    """`difficulty` (ASD's part of a reason) and DKD's part, the larger weighted contribution first; DKD is
+    read against the adapted model's divergence, the labeled `unit` ('slices') or, with nothing labeled,
+    the rest of `whole` ('the structure')."""
+    high = dkd >= 0.5
+    if divergence_led:
+        knowledge = "adapted model departs from the pretrained one" if high else "adapted and pretrained models agree"
+    elif labeled:
+        knowledge = f"far from labeled {unit}" if high else f"close to labeled {unit}"
+    else:
+        knowledge = f"unlike the rest of {whole}" if high else f"typical of {whole}"
+    pieces = [difficulty, f"{knowledge} (DKD {dkd:.2f})"]
+    if options.weight_dkd * dkd > options.weight_asd * asd:
+        pieces.reverse()
+    return ", ".join(pieces)
+
+
 def _reason(structure: str, asd: float, dkd: float, predicted: bool, options: ScoringOptions, labeled: bool,
             divergence_led: bool, nearest: int | None, index: int, anchors: Collection[int]) -> str:
     """One line saying why a slice was suggested, its larger contribution first."""
@@ -130,17 +182,7 @@ def _reason(structure: str, asd: float, dkd: float, predicted: bool, options: Sc
         difficulty = f"uncertain boundary of {structure} (ASD {asd:.2f})"
     else:
         difficulty = f"fairly certain {structure} boundary (ASD {asd:.2f})"
-    high = dkd >= 0.5
-    if divergence_led:
-        knowledge = "adapted model departs from the pretrained one" if high else "adapted and pretrained models agree"
-    elif labeled:
-        knowledge = "far from labeled slices" if high else "close to labeled slices"
-    else:
-        knowledge = "unlike the rest of the structure" if high else "typical of the structure"
-    pieces = [difficulty, f"{knowledge} (DKD {dkd:.2f})"]
-    if options.weight_dkd * dkd > options.weight_asd * asd:
-        pieces.reverse()
-    line = ", ".join(pieces)
+    line = explain_scores(difficulty, asd, dkd, divergence_led, labeled, "slices", "the structure", options)
     if nearest is not None:
         kind = "labeled" if nearest in anchors else "suggested"
         line += f"; {abs(index - nearest)} slices from {kind} slice {nearest}"
@@ -162,42 +204,28 @@ def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget:
     (none when all are annotated). Deterministic for a fixed `seed` (box jitter).
     """
     budget = check_budget(budget)
-    if axis not in (0, 1, 2):
-        raise InputError(f"axis {axis!r} is not a volume axis; expected 0, 1 or 2 (i, j, k)")
-    size = volume.array.shape[axis]
+    size = volume.array.shape[check_axis(axis)]
     labeled = sorted({int(i) for i in annotated})
     outside = [i for i in labeled if not 0 <= i < size]
     if outside:
         raise InputError(f"annotated slice(s) {outside} are outside the {size} slices along {AXIS_NAMES[axis]}; "
                          f"expected 0..{size - 1}")
-    current = _on_axis(adapted_segmenter or segmenter, axis)
-    outcome = current.segment(volume, structure, box, points, modality, progress)
-    decoder = _decoder(current, volume, outcome, structure)
-    base = None if adapted_segmenter is None else _decoder(_on_axis(segmenter, axis), volume, outcome, structure)
-    prompts, predicted = _candidate_prompts(outcome.mask, axis, box, decoder.propagator, current.options.margin,
-                                            options, structure)
+    outcome, decoder, base = segment_for_scoring(segmenter, adapted_segmenter, volume, structure, box, points, axis,
+                                                 modality, progress)
+    prompts, predicted = candidate_prompts(outcome.mask, axis, box, decoder.propagator,
+                                           decoder.propagator.options.margin, options, structure)
     candidates = [k for k in prompts if k not in set(labeled)]
     if not candidates:
         return []
     decoder.encoder.ensure(candidates + labeled, progress)
-    prompt_free = box is None and not points
-    parts: dict[int, dict[str, float | None]] = {}
-    for number, index in enumerate(candidates):
-        parts[index] = _slice_parts(decoder, base, index, None if prompt_free else prompts[index], prompts[index],
-                                    [p for p in points if p.ijk[axis] == index], seed, options)
-        if progress is not None:
-            progress("scoring slices", number + 1, len(candidates))
+    parts = score_slices(decoder, base, {k: prompts[k] for k in candidates}, box is None and not points, points, seed,
+                         options, progress)
     pooled = pooled_embeddings(decoder.encoder, candidates)
     labeled_pooled = pooled_embeddings(decoder.encoder, labeled)
     distance = knowledge_distance(pooled, labeled_pooled)
-    asd = normalise([(parts[k]["entropy"] + parts[k]["disagreement"]) / 2 for k in candidates])
-    dkd = closeness = normalise(distance)
-    divergence_led = np.zeros(len(candidates), dtype=bool)
-    if base is not None:
-        divergence = normalise([parts[k]["divergence"] for k in candidates])
-        divergence_led = divergence > closeness
-        dkd = options.divergence_share * divergence + (1 - options.divergence_share) * closeness
-    totals = options.weight_dkd * dkd + options.weight_asd * asd
+    asd, dkd, divergence_led, totals = combine_scores(
+        [(parts[k]["entropy"] + parts[k]["disagreement"]) / 2 for k in candidates], distance,
+        None if base is None else [parts[k]["divergence"] for k in candidates], options)
     position = {k: n for n, k in enumerate(candidates)}
     suggestions = []
     for pick in select_diverse(candidates, totals, pooled, labeled, labeled_pooled, budget, options):
@@ -208,6 +236,26 @@ def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget:
         suggestions.append(Suggestion(case_id, volume.path, AXIS_NAMES[axis], pick.index, pick.score, float(dkd[n]),
                                       float(asd[n]), reason, values))
     return suggestions
+
+
+def whole_volume_label(labels: Sequence[LabelVersion]) -> LabelVersion | None:
+    """The latest version among `labels` (one case and structure, oldest first) that trains (a correction or
+    an accepted label) and annotates the whole volume; None when there is none."""
+    return next((label for label in reversed(labels) if label.trains and label.annotated_slices is None), None)
+
+
+def prompt_box(labels: Sequence[LabelVersion]) -> Box3D | None:
+    """Bounding box (+ BOX_MARGIN_VOXELS) of the latest prediction or correction among `labels` (one case and
+    structure, oldest first); None when there is neither, InputError when that version is empty."""
+    prompts = [label for label in labels if label.kind in ("prediction", "correction")]
+    if not prompts:
+        return None
+    latest = prompts[-1]
+    mask = read_volume(latest.file).array != 0
+    if not mask.any():
+        raise InputError(f"case {latest.case_id!r}: {latest.structure!r} version {latest.version} is empty, "
+                         "so it gives no box; expected a box around the structure")
+    return Box3D.around(mask, BOX_MARGIN_VOXELS)
 
 
 def suggest_from_store(store: FineTuningStore, case_id: str, structure: str, budget: int, segmenter: Segmenter,
@@ -231,20 +279,13 @@ def suggest_from_store(store: FineTuningStore, case_id: str, structure: str, bud
         if box is None and not points:
             raise
         labels = []
-    trained = [label for label in labels if label.trains]
-    whole = next((label for label in reversed(trained) if label.annotated_slices is None), None)
+    whole = whole_volume_label(labels)
     if whole is not None:
         raise InputError(f"case {case.case_id!r}: {whole.structure!r} version {whole.version} is a whole-volume "
                          f"{whole.kind}, so every slice is annotated; nothing is left to suggest")
-    annotated = set(annotated) | {i for label in trained for i in label.annotated_slices.get(AXIS_NAMES[axis], [])}
+    annotated = set(annotated) | {i for label in labels if label.trains
+                                  for i in label.annotated_slices.get(AXIS_NAMES[axis], [])}
     if box is None:
-        prompts = [label for label in labels if label.kind in ("prediction", "correction")]
-        if prompts:
-            latest = prompts[-1]
-            mask = read_volume(latest.file).array != 0
-            if not mask.any():
-                raise InputError(f"case {case.case_id!r}: {latest.structure!r} version {latest.version} is empty, "
-                                 "so it gives no box; expected a box (--box-ijk)")
-            box = Box3D.around(mask, BOX_MARGIN_VOXELS)
+        box = prompt_box(labels)
     return suggest_slices(segmenter, read_volume(case.image), structure, budget, box, points, annotated,
                           adapted_segmenter, axis, seed, case.modality or "auto", options, case.case_id, progress)
