@@ -10,9 +10,10 @@ queries and the checks. A passing pseudo-mask is accepted by reviewer 'self-vali
 training view; the others wait in the review queue for an expert. Fine-tuning then runs on the
 training view: the expert corrections plus every accepted synthetic label.
 
-The transformed source labels only place the prompt boxes and, where the source label covered the
-whole volume, measure each pseudo-mask's Dice against them (`reference_dice`, for reports); they are
-not trained on.
+The transformed source labels only place the prompt boxes and, where they are known on every slice
+(a whole-volume source label, or a lesion the simulator inserted), give self-validation the expected
+share of the body (measured on the generated image, so CT and MR-like bodies are compared alike) and
+measure each pseudo-mask's Dice against them (`reference_dice`, for reports); they are not trained on.
 """
 from __future__ import annotations
 
@@ -115,24 +116,26 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
     rng = np.random.default_rng(seed)
     knowledge = KnowledgeBase.load()
     generated: list[GeneratedLabel] = []
-    read: dict[str, tuple[Volume, np.ndarray]] = {}
+    read: dict[str, Volume] = {}
     for number in range(count):
         source = sources[number % len(sources)]
         if source.case_id not in read:
-            image = read_volume(source.image)
-            read[source.case_id] = (image, body_mask(image))
-        volume, body = read[source.case_id]
+            read[source.case_id] = read_volume(source.image)
+        volume = read[source.case_id]
         sample = environment.apply(volume, source.labels, rng)
         queries = sample_queries(sample, rng)
         case, _ = store.add_image(sample.volume, _new_case_id(store, f"{source.case_id}-{environment.name}-{number:03d}"),
                                   modality=sample.modality)
+        body = body_mask(sample.volume)
         for structure, reference in sample.labels.items():
             if not reference.any():
                 continue
             box = Box3D.around(reference, BOX_MARGIN)
             ensemble = ensemble_pseudo_mask(segmenters, sample.volume, structure, box, queries.get(structure, ()),
                                             sample.modality)
-            share = volume_share(source.labels[structure], body) if structure in source.whole else None
+            # known on every slice: a whole-volume source label, or a lesion the simulator inserted
+            known = structure in source.whole or structure not in source.labels
+            share = volume_share(reference, body) if known else None
             validation = self_validate(ensemble.mask, sample.volume, sample.modality, knowledge.structure(structure),
                                        ensemble.agreement, share, threshold)
             comment = json.dumps({"environment": environment.name, "source_case": source.case_id,
@@ -144,7 +147,7 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
             if accepted:
                 store.review(label.label_id, True, REVIEWER,
                              f"consistency {validation.score:.2f}" + ("" if self_validation else " (not validated)"))
-            reference_dice = _dice(ensemble.mask, reference) if structure in source.whole else None
+            reference_dice = _dice(ensemble.mask, reference) if known else None
             generated.append(GeneratedLabel(case.case_id, structure, label.label_id, queries.get(structure, []),
                                             validation, accepted, reference_dice))
         if progress is not None:

@@ -6,8 +6,8 @@ Checks (each passes or fails; a check that does not apply to the structure or mo
   body's midline (patient LPS x: left is +x), a midline one within 15 % of the body's width of it;
 - components: a right, left or midline structure that is not a lesion is one piece: at most one 3D
   connected component holding 5 % or more of the mask;
-- relative size: the mask's share of the body volume lies within a factor 2 of the share the source
-  label had in the source image (the knowledge base gives no sizes; the labeled source does);
+- relative size: the mask's share of the body volume lies within a factor 2 of the expected share
+  (the knowledge base gives no sizes; the caller passes the share of the labeled source's structure);
 - intensity (CT): the median HU inside the mask lies within the knowledge base's CT texture HU
   ranges, widened by 150 HU (partial volume, contrast);
 - agreement: the ensemble's mean pairwise Dice, which enters the score as its value.
