@@ -86,6 +86,20 @@ def test_whole_volume_label_gives_every_axial_slice_with_foreground(tmp_path, ct
     assert [s.index for s in dataset.slices] == expected
 
 
+def test_annotated_empty_slice_is_a_negative_with_a_borrowed_box(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    truth = reference.get(STRUCTURE).mask  # the left lung spans axial slices 6-33
+    with _store(tmp_path / "store", volume, truth, slices=[2, 17, 23]) as store:
+        dataset = SliceDataset(store.training_view(), "0" * 64)
+    by_index = {item.index: item for item in dataset.slices}
+    assert sorted(by_index) == [2, 17, 23]
+    assert not by_index[2].mask.any() and by_index[17].mask.any()
+    assert np.array_equal(by_index[2].rect, by_index[17].rect)
+    with _store(tmp_path / "only-empty", volume, truth, slices=[2, 3]) as store, \
+            pytest.raises(InputError, match="hold no foreground"):
+        SliceDataset(store.training_view(), "0" * 64)
+
+
 def test_empty_training_view_is_refused(tmp_path):
     with FineTuningStore.init(tmp_path / "empty") as store:
         with pytest.raises(InputError, match="training view is empty"):

@@ -6,8 +6,11 @@ the mask's bounding box (the box prompt). Partial annotations contribute only th
 slices, along the axis they were annotated on: voxels elsewhere are unknown, not background, so they
 never enter the loss. A label of the whole volume contributes every axial (k) slice.
 
-Annotated slices whose mask is empty are skipped: the decoder is box-prompted and an empty slice has
-no box to prompt with.
+An annotated slice of a partial annotation whose mask is empty (the annotator said "not here") is a
+negative sample: its target is empty and its prompt the box of the nearest non-empty annotated slice
+of the same label, the kind of box propagation carries past the end of a structure, so the decoder
+learns to answer it with nothing. Without a non-empty annotated slice to borrow from, and for empty
+slices of whole-volume labels, empty slices are skipped.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ MIN_AREA = 5
 @dataclass
 class TrainingSlice:
     """One annotated slice: mask (H, W) bool on the slice grid, rect (x0, y0, x1, y1) its tight box
-    in slice pixels, scale the slice-to-encoder-input factor, key / index the embedding's cache entry."""
+    in slice pixels (for a negative, an empty mask, the borrowed box), scale the slice-to-encoder-input factor, key / index the embedding's cache entry."""
 
     case_id: str
     structure: str
@@ -128,12 +131,19 @@ class SliceDataset:
                 if row.annotated_slices is not None:
                     self.partial.append(PartialAnnotation(row.case_id, row.structure, modality, job,
                                                           {int(i): np.ascontiguousarray(m) for i, m in zip(indices, masks)}))
+                positive = [int(i) for i, m in zip(indices, masks) if m.sum() >= MIN_AREA]
                 for index, mask in zip(indices, masks):
-                    if mask.sum() < MIN_AREA:
+                    if mask.sum() >= MIN_AREA:
+                        rect = mask_rect(mask)
+                    elif row.annotated_slices is not None and positive:
+                        nearest = min(positive, key=lambda p: (abs(p - index), p))
+                        rect = mask_rect(masks[list(indices).index(nearest)])
+                        mask = np.zeros_like(mask)
+                    else:
                         continue
                     job.indices.add(int(index))
                     self.slices.append(TrainingSlice(row.case_id, row.structure, axis, int(index), key,
-                                                     np.ascontiguousarray(mask), mask_rect(mask), modality=modality))
+                                                     np.ascontiguousarray(mask), rect, modality=modality))
         if not self.slices:
             raise InputError("the training view's annotated slices hold no foreground "
                              f"(at least {MIN_AREA} voxels per slice needed for a box prompt)")
