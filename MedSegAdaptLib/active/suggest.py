@@ -66,7 +66,7 @@ def on_axis(segmenter: Segmenter, axis: int) -> Segmenter:
     if segmenter.axis == axis:
         return segmenter
     return Segmenter(segmenter.backbone, segmenter.cache, axis, segmenter.batch_size, segmenter.precision,
-                     segmenter.options)
+                     segmenter.options, segmenter.text_encoder)
 
 
 def _decoder(segmenter: Segmenter, volume: Volume, outcome: SegmentationOutcome, structure: str) -> SliceDecoder:
