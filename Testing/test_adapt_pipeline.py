@@ -99,6 +99,9 @@ def test_adapting_a_store_without_corrections_is_refused(tmp_path, ctchest4):
         store.add_image(ctchest4[0], "CTChest4", modality="ct")
         with pytest.raises(InputError, match="no corrections"):
             generate_samples(store, environment("low-dose-ct"), 1, [])
+        with pytest.raises(InputError, match=r"threshold must be in \[0, 1\], got 1.5"):
+            generate_samples(store, environment("low-dose-ct"), 1, [], threshold=1.5)
+        assert len(store.cases()) == 1
 
 
 @pytest.mark.slow

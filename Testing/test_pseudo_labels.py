@@ -10,8 +10,8 @@ from MedSegAdaptLib.inference import EmbeddingCache
 from MedSegAdaptLib.inference.prompts import take_slices
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.train import FineTuneOptions, fine_tune, load_checkpoint
-from MedSegAdaptLib.train.pseudo_labels import (PseudoLabel, extrapolation_limit, nearest_seed,
-                                                select_pseudo_labels)
+from MedSegAdaptLib.train.dataset import nearest_slice
+from MedSegAdaptLib.train.pseudo_labels import PseudoLabel, extrapolation_limit, select_pseudo_labels
 
 STRUCTURE = "left lung"
 ANNOTATED = [14, 20, 26]
@@ -44,9 +44,9 @@ def test_selection_of_nothing_reports_nothing():
 
 
 def test_chains_start_from_the_nearest_annotated_slice_and_stop_past_the_range():
-    assert nearest_seed(16, [14, 20, 26]) == 14
-    assert nearest_seed(17, [14, 20, 26]) == 14  # tie: the lower one
-    assert nearest_seed(18, [14, 20, 26]) == 20
+    assert nearest_slice(16, [14, 20, 26]) == 14
+    assert nearest_slice(17, [14, 20, 26]) == 14  # tie: the lower one
+    assert nearest_slice(18, [14, 20, 26]) == 20
     assert extrapolation_limit([14, 20, 26]) == 3
     assert extrapolation_limit([10, 13]) == 2
     assert extrapolation_limit([10]) > 1000

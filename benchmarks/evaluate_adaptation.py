@@ -34,6 +34,7 @@ import numpy as np
 
 from MedSegAdaptLib.adapt.environments import SimulatedSample, environment
 from MedSegAdaptLib.adapt.pipeline import generate_samples, summarize
+from MedSegAdaptLib.evaluation.metrics import dice
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import Volume, read_segmentation, read_volume
 from MedSegAdaptLib.io.geometry import Geometry
@@ -86,7 +87,7 @@ def test_dice(segmenter: Segmenter, test: SimulatedSample) -> dict[str, float]:
         if not truth.any():
             continue
         mask = segmenter.segment(test.volume, name, box=Box3D.around(truth, 2), modality=test.modality).mask
-        scores[name] = float(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
+        scores[name] = dice(mask, truth)
     return scores
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation.metrics import dice
 from ..inference.encoder import ProgressCallback
 from ..inference.prompts import Box3D
 from ..inference.segmenter import Segmenter
@@ -89,11 +90,6 @@ def correction_sources(store: FineTuningStore, structures: Sequence[str] | None 
     return [grouped[case_id] for case_id in sorted(grouped)]
 
 
-def _dice(first: np.ndarray, second: np.ndarray) -> float:
-    total = first.sum() + second.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(first, second).sum() / total)
-
-
 def _new_case_id(store: FineTuningStore, base: str) -> str:
     """`base`, or `base-2`, `base-3`, ... : the first id not taken in the store."""
     taken = {case.case_id.casefold() for case in store.cases()}
@@ -112,6 +108,8 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
     module docstring). self_validation False accepts every pseudo-mask (the ablation)."""
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
+    if not 0 <= threshold <= 1:
+        raise InputError(f"self-validation threshold must be in [0, 1], got {threshold}")
     sources = correction_sources(store, structures)
     rng = np.random.default_rng(seed)
     knowledge = KnowledgeBase.load()
@@ -147,7 +145,7 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
             if accepted:
                 store.review(label.label_id, True, REVIEWER,
                              f"consistency {validation.score:.2f}" + ("" if self_validation else " (not validated)"))
-            reference_dice = _dice(ensemble.mask, reference) if known else None
+            reference_dice = dice(ensemble.mask, reference) if known else None
             generated.append(GeneratedLabel(case.case_id, structure, label.label_id, queries.get(structure, []),
                                             validation, accepted, reference_dice))
         if progress is not None:

@@ -62,8 +62,8 @@ def volume_share(mask: np.ndarray, body: np.ndarray) -> float:
 
 def _lps_x(volume: Volume, mask: np.ndarray) -> np.ndarray:
     """LPS x (mm) of every voxel of `mask`."""
-    ijk = np.argwhere(mask).astype(np.float64)
-    return ijk @ volume.geometry.ijk_to_lps()[0, :3] + volume.geometry.ijk_to_lps()[0, 3]
+    first_row = volume.geometry.ijk_to_lps()[0]
+    return np.argwhere(mask).astype(np.float64) @ first_row[:3] + first_row[3]
 
 
 def self_validate(mask: np.ndarray, volume: Volume, modality: str, structure: Structure, agreement: float,

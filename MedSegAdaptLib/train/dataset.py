@@ -89,6 +89,11 @@ class PartialAnnotation:
     masks: dict[int, np.ndarray]
 
 
+def nearest_slice(index: int, slices: Sequence[int]) -> int:
+    """The slice of `slices` nearest to `index`, the lower one on a tie."""
+    return min(slices, key=lambda s: (abs(s - index), s))
+
+
 def labeled_slices(annotated_slices: dict[str, list[int]] | None, shape: tuple[int, int, int]) -> dict[int, list[int]]:
     """{axis: slice indices} whose labels are known: the annotated ones, or every axial slice for None."""
     if annotated_slices is None:
@@ -131,13 +136,12 @@ class SliceDataset:
                 if row.annotated_slices is not None:
                     self.partial.append(PartialAnnotation(row.case_id, row.structure, modality, job,
                                                           {int(i): np.ascontiguousarray(m) for i, m in zip(indices, masks)}))
-                positive = [int(i) for i, m in zip(indices, masks) if m.sum() >= MIN_AREA]
+                positive = {int(i): m for i, m in zip(indices, masks) if m.sum() >= MIN_AREA}
                 for index, mask in zip(indices, masks):
                     if mask.sum() >= MIN_AREA:
                         rect = mask_rect(mask)
                     elif row.annotated_slices is not None and positive:
-                        nearest = min(positive, key=lambda p: (abs(p - index), p))
-                        rect = mask_rect(masks[list(indices).index(nearest)])
+                        rect = mask_rect(positive[nearest_slice(int(index), list(positive))])
                         mask = np.zeros_like(mask)
                     else:
                         continue

@@ -37,9 +37,9 @@ import torch
 from ..active.scoring import knowledge_distance, pooled_embeddings, slice_difficulty
 from ..inference.encoder import SliceEncoder
 from ..inference.prompts import mask_rect
-from ..inference.volumetric import PropagationOptions, VolumePropagator, grow_rect
+from ..inference.volumetric import PropagationOptions, VolumePropagator, clip_rect, grow_rect
 from ..priors.modules import AttributeTokens
-from .dataset import MIN_AREA
+from .dataset import MIN_AREA, nearest_slice
 
 
 @dataclass
@@ -102,11 +102,6 @@ class SelectionReport:
                 "distance_threshold": self.distance_threshold, "slices": [c.to_dict() for c in self.candidates]}
 
 
-def nearest_seed(index: int, seeds: list[int]) -> int:
-    """The annotated slice nearest to `index` (the lower one on a tie); seeds sorted."""
-    return min(seeds, key=lambda s: (abs(s - index), s))
-
-
 def extrapolation_limit(seeds: list[int]) -> int:
     """Slices a chain may go beyond the outermost annotated slices: half the median gap between the
     sorted annotated `seeds`, rounded up; unlimited (a large number) for a single annotated slice."""
@@ -123,15 +118,15 @@ def propagate_from_annotations(propagator: VolumePropagator, annotated: Mapping[
     reach = extrapolation_limit(seeds)
     lowest, highest = max(0, seeds[0] - reach), min(propagator.shape[propagator.axis] - 1, seeds[-1] + reach)
     opts = propagator.options
+    bounds = np.array([0, 0, propagator.width - 1, propagator.height - 1], np.float32)
     reached: dict[int, tuple[np.ndarray, int, np.ndarray]] = {}
     for seed in seeds:
         for step in (1, -1):
             previous, index = annotated[seed], seed + step
-            while lowest <= index <= highest and index not in annotated and nearest_seed(index, seeds) == seed:
+            while lowest <= index <= highest and index not in annotated and nearest_slice(index, seeds) == seed:
                 if previous.sum() < MIN_AREA:
                     break
-                rect = grow_rect(mask_rect(previous), opts.margin)
-                rect = np.clip(rect, 0, [propagator.width - 1, propagator.height - 1] * 2).astype(np.float32)
+                rect = clip_rect(grow_rect(mask_rect(previous), opts.margin), bounds)
                 logits, iou = propagator.predict_logits(index, rect[None])
                 mask = (logits[0] > 0).numpy()
                 if mask.sum() < MIN_AREA or float(iou[0]) < opts.min_iou:
