@@ -92,7 +92,10 @@ class MedSegAdaptParameterNode:
     budget: int = 5
     epochs: int = 10
     priors: str = ""
+    semiSupervised: bool = False
+    textEncoder: str = ""
     fineTuneOutput: str = ""
+    environmentCount: int = 4
     reviewer: str = ""
     trainingTable: slicer.vtkMRMLTableNode
     trainingChart: slicer.vtkMRMLPlotChartNode
@@ -246,6 +249,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.defaultDeviceComboBox.currentText = settings.value(SETTINGS_PREFIX + "device", "auto")
         self.ui.checkpointPathLineEdit.currentPath = settings.value(SETTINGS_PREFIX + "checkpoint", "")
         self.ui.structureComboBox.addItems(self._standardNames())
+        for name, description in self._environments():
+            self.ui.environmentComboBox.addItem(name)
+            self.ui.environmentComboBox.setItemData(self.ui.environmentComboBox.count - 1, description,
+                                                    qt.Qt.ToolTipRole)
         self._setColumns(self.ui.historyTableWidget,
                          ["Structure", "Version", "Kind", "Status", "Annotator", "Time", "Voxels"])
         self._setColumns(self.ui.suggestionsTableWidget, ["Slice", "Score", "DKD", "ASD", "Reason"])
@@ -262,6 +269,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "finetune": _JobControls(self.ui.fineTuneButton, "Start fine-tuning", "Stop fine-tuning",
                                      "Stop after the current step; the checkpoint keeps the last completed epoch.",
                                      self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel, "Fine-tuning failed"),
+            "generate": _JobControls(self.ui.generateSamplesButton, "Generate samples", "Stop generating",
+                                     "Stop after the current sample; samples already generated stay in the store.",
+                                     self.ui.generateProgressBar, self.ui.generateStatusLabel,
+                                     "Generating samples failed"),
         }
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -283,6 +294,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reportTextEdit.connect("textChanged()", self.onReportChanged)
         self.ui.storePathLineEdit.connect("currentPathChanged(QString)", self.onStorePathChanged)
         self.ui.fineTuneOutputPathLineEdit.connect("currentPathChanged(QString)", self.onFineTuneOutputChanged)
+        self.ui.textEncoderPathLineEdit.connect("currentPathChanged(QString)", self.onTextEncoderChanged)
+        self.ui.generateSamplesButton.connect("clicked(bool)", self.onGenerateSamples)
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
         self.ui.defaultDeviceComboBox.connect("currentTextChanged(QString)", self.onSettingsChanged)
@@ -317,6 +330,16 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return list(standard_names())
         except ImportError:  # dependencies not installed yet
             return ["right lung", "left lung", "liver", "spleen"]
+
+    @staticmethod
+    def _environments():
+        """(name, description with default parameters) of MedSeg-Adapt's environments."""
+        try:
+            entries = _logic_base().MedSegAdaptLogic.environments()
+        except ImportError:  # dependencies not installed yet: filled after the restart that installing needs
+            return []
+        return [(entry["name"], entry["description"] + " (" + ", ".join(
+            f"{key} = {value}" for key, value in entry["parameters"].items()) + ")") for entry in entries]
 
     # --- parameter node ---------------------------------------------------------------------------
 
@@ -370,6 +393,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.reportTextEdit.setPlainText(self._parameterNode.report)
             self.ui.storePathLineEdit.currentPath = self._parameterNode.storePath
             self.ui.fineTuneOutputPathLineEdit.currentPath = self._parameterNode.fineTuneOutput
+            self.ui.textEncoderPathLineEdit.currentPath = self._parameterNode.textEncoder
             self.onSegmentationChanged(self._parameterNode.segmentation)
             self.onRefreshReviewQueue()
             self._checkCanApply()
@@ -388,6 +412,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         "Select a volume and a structure."),
             "finetune": (bool(node and node.storePath),
                          "Fine-tune the model on the store's corrections and accepted labels.",
+                         "Choose the fine-tuning store folder (Corrections)."),
+            "generate": (bool(node and node.storePath and self.ui.environmentComboBox.currentText),
+                         "Simulate samples of the environment from the store's corrected cases; self-validated "
+                         "ones train, doubtful ones join the review queue.",
                          "Choose the fine-tuning store folder (Corrections)."),
         }
         for kind, controls in self._jobControls.items():
@@ -427,6 +455,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFineTuneOutputChanged(self, path):
         if self._parameterNode:
             self._parameterNode.fineTuneOutput = path
+
+    def onTextEncoderChanged(self, path):
+        if self._parameterNode:
+            self._parameterNode.textEncoder = path
 
     def onSegmentationChanged(self, node):
         events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
@@ -529,7 +561,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if job.state == "done":
                 bar.setValue(bar.maximum)
             finish = {"segment": self._finishSegmentation, "suggest": self._finishSuggestions,
-                      "finetune": self._finishFineTuning}[kind]
+                      "finetune": self._finishFineTuning, "generate": self._finishGenerating}[kind]
             finish(job, context)
         self._checkCanApply()
 
@@ -670,7 +702,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         core = self._configuredCore()
         try:
-            options = core.fine_tune_options(node.epochs, node.priors)
+            options = core.fine_tune_options(node.epochs, node.priors, semi_supervised=node.semiSupervised,
+                                             text_encoder=node.textEncoder.strip() or None)
             output = node.fineTuneOutput or core.default_checkpoint_path(node.storePath)
         except Exception as error:
             self._showError("Cannot fine-tune", error, self.ui.fineTuneStatusLabel)
@@ -709,6 +742,34 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"Fine-tuned on {result.train_slices} slices of {', '.join(result.structures)}: best epoch "
             f"{result.best_epoch} of {result.epochs_run}{best}. Segmentation and suggestions now use {output}.")
         self.ui.checkpointPathLineEdit.currentPath = str(output)
+
+    # --- adaptation: environment samples ------------------------------------------------------------
+
+    def onGenerateSamples(self):
+        if self._jobKind == "generate":
+            self._stopJob("Stopping after the current sample...")
+            return
+        if not self._dependenciesReady():
+            return
+        node = self._parameterNode
+        core = self._configuredCore()
+        storePath, environment, count = node.storePath, self.ui.environmentComboBox.currentText, node.environmentCount
+        self.ui.generateStatusLabel.text = f"Generating {count} {environment} samples into {storePath}..."
+        self._startJob("generate",
+                       lambda progress: core.generate_environment_samples(storePath, environment, count,
+                                                                          progress=progress),
+                       "generating samples", {"environment": environment, "storePath": storePath})
+
+    def _finishGenerating(self, job, context):
+        self.onRefreshReviewQueue()
+        if job.state == "cancelled":
+            self.ui.generateStatusLabel.text = "Stopped; the samples generated before stopping are in the store."
+            return
+        lines = [f"{structure}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by "
+                 f"self-validation, {counts['queued']} queued for review"
+                 for structure, counts in self.logic.core.summarize_samples(job.result).items()]
+        self.ui.generateStatusLabel.text = (f"{context['environment']} samples in {context['storePath']}:\n"
+                                            + "\n".join(lines) + "\nFine-tune to learn from the accepted ones.")
 
     # --- adaptation: review queue -------------------------------------------------------------------
 

@@ -610,6 +610,7 @@ class MedSegAdaptLogic:
         self.embedding_cache = EmbeddingCache()
         self._segmenter = None
         self._segmenter_key: tuple | None = None
+        self._pretrained: tuple[str, Any] | None = None  # (device, Segmenter) of the packaged LiteMedSAM
         self._lock = threading.Lock()
         self.last_outcome = None
 
@@ -812,6 +813,65 @@ class MedSegAdaptLogic:
             return fine_tune(store, output_checkpoint, checkpoint=self.checkpoint, device=resolve_device(self.device),
                              options=options, resume=resume, cache=self.embedding_cache, progress=progress,
                              on_epoch=on_epoch)
+
+    # environment adaptation (MedSeg-Adapt)
+
+    @staticmethod
+    def environments() -> list[dict]:
+        """MedSeg-Adapt's imaging environments: {"name", "description", "parameters"} each."""
+        from MedSegAdaptLib.adapt import environment_catalog
+
+        return environment_catalog()
+
+    @staticmethod
+    def summarize_samples(generated: Sequence) -> dict:
+        """Per structure, counts of :meth:`generate_environment_samples`' labels: generated, accepted
+        (by self-validation), queued (for review)."""
+        from MedSegAdaptLib.adapt import summarize
+
+        return summarize(generated)
+
+    def pretrained_segmenter(self):
+        """The packaged LiteMedSAM's ``Segmenter`` (sharing the embedding cache) when the configured
+        checkpoint was fine-tuned from it, else None; loaded once and kept."""
+        from MedSegAdaptLib.device import resolve_device
+        from MedSegAdaptLib.inference import Segmenter
+        from MedSegAdaptLib.models import fine_tunes_packaged_litemedsam, load_backbone
+
+        current = self.segmenter()
+        if not fine_tunes_packaged_litemedsam(current.backbone.spec):
+            return None
+        with self._lock:
+            if self._pretrained is None or self._pretrained[0] != self.device:
+                backbone = load_backbone(device=resolve_device(self.device), for_inference=True)
+                self._pretrained = (self.device, Segmenter(backbone, self.embedding_cache))
+            return self._pretrained[1]
+
+    def generate_environment_samples(self, store_path: str, environment: str, count: int, seed: int = 0,
+                                     settings: dict | None = None, threshold: float | None = None,
+                                     progress: ProgressCallback | None = None) -> list:
+        """Simulate ``count`` samples of ``environment`` (e.g. 'low-dose-ct', with ``settings`` overriding
+        its parameters) from the store's corrected cases into the store; returns the ``GeneratedLabel``s.
+        Any thread.
+
+        Each sample's pseudo-masks come from an ensemble of the configured model (and the packaged
+        LiteMedSAM when the model is a fine-tune of it); those passing self-validation (score at least
+        ``threshold``, default the library's) are accepted as synthetic labels and train at once, the
+        others wait in the review queue.
+        """
+        from MedSegAdaptLib.adapt import environment as make_environment
+        from MedSegAdaptLib.adapt import generate_samples
+        from MedSegAdaptLib.adapt.validation import DEFAULT_THRESHOLD
+
+        chosen = make_environment(environment, **(settings or {}))
+        members = [self.segmenter()]
+        pretrained = self.pretrained_segmenter()
+        if pretrained is not None:
+            members.append(pretrained)
+        with _open_store(store_path) as store:
+            return generate_samples(store, chosen, int(count), members, seed=int(seed),
+                                    threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                                    progress=progress)
 
     # corrections
 

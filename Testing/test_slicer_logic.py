@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -633,6 +634,51 @@ def test_stopping_fine_tuning_keeps_the_last_completed_epoch(tmp_path, logic, fi
     assert checkpoint["epoch"] == 1 and [r["epoch"] for r in checkpoint["metrics"]["history"]] == [1]
     assert not never.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped.pt"], "no temporary file left behind"
+
+
+# --- environment adaptation ------------------------------------------------------------------------
+
+
+def test_environments_are_listed_with_their_defaults():
+    listing = MedSegAdaptLogic.environments()
+    assert [e["name"] for e in listing] == ["low-dose-ct", "high-res-ct", "varying-field-mri", "pediatric", "pathology"]
+    assert all(e["description"] and e["parameters"] for e in listing)
+    with pytest.raises(InputError, match="Unknown environment 'ultrasound'"):
+        MedSegAdaptLogic().generate_environment_samples("unused", "ultrasound", 1)
+
+
+@pytest.mark.slow
+def test_semi_supervised_fine_tuning_then_environment_samples_on_the_worker(tmp_path, finetune_store):
+    """The Adapt panel's path: semi-supervised fine-tuning, then samples of a new environment pseudo-labelled
+    by the fine-tuned model with the packaged LiteMedSAM in the ensemble."""
+    store_path = tmp_path / "store"
+    shutil.copytree(finetune_store, store_path)
+    logic = MedSegAdaptLogic(device="cpu")
+    assert logic.pretrained_segmenter() is None  # the packaged model has no other reference
+    checkpoint = tmp_path / "finetuned.pt"
+    result = logic.fine_tune(str(store_path), str(checkpoint), logic.fine_tune_options(**TINY, semi_supervised=True))
+    counts = result.pseudo_labels.counts()
+    assert counts["candidates"] > counts["accepted"] > 0, counts  # some unannotated slices trusted, not all
+    logic.configure(checkpoint=str(checkpoint))
+    pretrained = logic.pretrained_segmenter()
+    assert pretrained is not None and pretrained.backbone is not logic.segmenter().backbone
+    assert pretrained.cache is logic.embedding_cache
+    worker = Worker()
+    try:
+        job = worker.submit(lambda progress: logic.generate_environment_samples(
+            str(store_path), "pediatric", 1, progress=progress), "generating samples")
+        assert job.wait(600)
+    finally:
+        worker.stop()
+    assert job.state == "done", job.error
+    assert logic_module.progress_text(job.stage, job.done, job.total).endswith("1/1")
+    (label,) = job.result
+    assert label.structure == "left lung" and label.accepted == label.validation.passed
+    assert logic.summarize_samples(job.result)["left lung"]["generated"] == 1
+    queued = {queued.label_id for queued in logic.review_queue(str(store_path))}
+    assert (label.label_id in queued) == (not label.accepted)
+    stored = logic.history(str(store_path), label.case_id)
+    assert [(v.kind, v.annotator) for v in stored] == [("synthetic", "medsegadapt-adapt")]
 
 
 # --- review ----------------------------------------------------------------------------------------

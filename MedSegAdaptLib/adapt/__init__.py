@@ -17,6 +17,9 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "SimulatedSample": "environments",
     "VaryingFieldMRI": "environments",
     "environment": "environments",
+    "environment_catalog": "environments",
+    "generate_samples": "pipeline",
+    "summarize": "pipeline",
     "clinical_queries": "queries",
     "sample_queries": "queries",
 })

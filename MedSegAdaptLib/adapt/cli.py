@@ -69,10 +69,9 @@ def parse_settings(settings: list[str]) -> dict:
 
 def run_environments(args: argparse.Namespace) -> int:
     """Handler of `medsegadapt environments`."""
-    from .environments import ENVIRONMENTS
+    from .environments import environment_catalog
 
-    listing = [{"name": name, "description": cls.description, "parameters": cls().parameters()}
-               for name, cls in ENVIRONMENTS.items()]
+    listing = environment_catalog()
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
         return 0

@@ -580,3 +580,9 @@ def environment(name: str, **overrides: Any) -> Environment:
         if parameter not in known:
             raise unknown("parameter", parameter, known, f"environment {key!r}")
     return cls(**overrides)
+
+
+def environment_catalog() -> list[dict[str, Any]]:
+    """Every environment as {"name", "description", "parameters": its defaults}, in ENVIRONMENTS' order."""
+    return [{"name": name, "description": cls.description, "parameters": cls().parameters()}
+            for name, cls in ENVIRONMENTS.items()]

