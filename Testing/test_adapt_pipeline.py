@@ -8,12 +8,13 @@ import pytest
 
 from MedSegAdaptLib.adapt.cli import parse_settings
 from MedSegAdaptLib.adapt.environments import environment
-from MedSegAdaptLib.adapt.pipeline import generate_samples, summarize
+from MedSegAdaptLib.adapt.pipeline import generate_samples, load_hook, summarize
 from MedSegAdaptLib.adapt.pseudo_masks import box_variants, fuse
 from MedSegAdaptLib.adapt.validation import body_mask, self_validate, volume_share
 from MedSegAdaptLib.cli import main
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.io import read_volume
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.priors.knowledge import KnowledgeBase
 from MedSegAdaptLib.store import FineTuningStore
@@ -104,6 +105,31 @@ def test_adapting_a_store_without_corrections_is_refused(tmp_path, ctchest4):
         assert len(store.cases()) == 1
 
 
+def test_hooks_are_loaded_by_name_with_clear_errors():
+    assert load_hook("json:dumps", "--llm") is json.dumps
+    with pytest.raises(InputError, match="expected MODULE:FUNCTION"):
+        load_hook("json.dumps", "--llm")
+    with pytest.raises(InputError, match="cannot import module 'no_such_module_xyz'"):
+        load_hook("no_such_module_xyz:refine", "--generator")
+    with pytest.raises(InputError, match="module 'json' has no function 'refine'"):
+        load_hook("json:refine", "--generator")
+
+
+def test_a_generator_breaking_the_grid_is_refused_before_anything_is_stored(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", "left lung", reference.get("left lung").mask, "reference")
+
+        def crop(sample, rng):
+            return sample.volume.array[:-1]
+
+        with pytest.raises(InputError, match=r"generator .*crop returned an image of shape \(\d+, .*expected finite "
+                                             r"values of the simulated image's shape"):
+            generate_samples(store, environment("varying-field-mri"), 1, [], generator=crop)
+        assert [case.case_id for case in store.cases()] == ["CTChest4"]
+
+
 @pytest.mark.slow
 def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4):
     volume, reference = ctchest4
@@ -127,14 +153,22 @@ def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4):
 
 
 @pytest.mark.slow
-def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys):
+def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys, monkeypatch):
     volume, reference = ctchest4
     with FineTuningStore.init(tmp_path / "store") as store:
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", "left lung", reference.get("left lung").mask, "reference",
                           annotated_slices={"k": [14, 20]})
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "site_models.py").write_text(  # a user's image model and language model, stand-ins
+        "import numpy as np\n"
+        "def refine(sample, rng):\n    return np.floor(sample.volume.array) + 0.5\n"
+        "def rewrite(prompt):\n    return 'Outline the left lung on this small scan.'\n")
+    monkeypatch.syspath_prepend(str(hooks))
     code = main(["adapt", str(tmp_path / "store"), "--environment", "pediatric", "--count", "1", "-o",
-                 str(tmp_path / "adapted.pt"), "--epochs", "1", "--min-steps-per-epoch", "2", "--threshold", "0"])
+                 str(tmp_path / "adapted.pt"), "--epochs", "1", "--min-steps-per-epoch", "2", "--threshold", "0",
+                 "--generator", "site_models:refine", "--llm", "site_models:rewrite"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "left lung: 1 synthetic labels, 1 accepted" in out
@@ -142,3 +176,10 @@ def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys):
     with FineTuningStore(tmp_path / "store") as store:
         assert checkpoint["training_set_version"] == store.training_set_version()
         assert {row.kind for row in store.training_view()} == {"correction", "synthetic"}
+        (label,) = [label for label in store.review_queue(include_reviewed=True) if label.kind == "synthetic"]
+        image = read_volume(store.case(label.case_id).image).array
+        provenance = json.loads(label.comment)
+    assert np.all(image % 1 == 0.5), "the stored image is the generator's"
+    assert provenance["parameters"]["generator"] == "site_models:refine"
+    assert provenance["parameters"]["llm"] == "site_models:rewrite"
+    assert "Outline the left lung on this small scan." in provenance["queries"]

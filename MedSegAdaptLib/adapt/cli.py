@@ -45,6 +45,11 @@ def add_adapt_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="self-validation score a pseudo-mask needs to train without review (default: %(default)s)")
     parser.add_argument("--no-self-validation", action="store_true",
                         help="accept every pseudo-mask without checking it (an ablation)")
+    parser.add_argument("--generator", default=None, metavar="MODULE:FUNCTION",
+                        help="optional image model refining each simulated image: FUNCTION(sample, rng) returns a new "
+                             "(I, J, K) image on the same grid (e.g. a local diffusion model used image-to-image)")
+    parser.add_argument("--llm", default=None, metavar="MODULE:FUNCTION",
+                        help="optional local language model rewriting the template queries: FUNCTION(prompt) -> text")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here")
     parser.add_argument("--json", action="store_true", help="print the generated labels as JSON")
     _add_model_options(parser)
@@ -89,9 +94,11 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ..store import FineTuningStore
     from ..train.cli import fine_tune_from_args
     from .environments import environment
-    from .pipeline import generate_samples, summarize
+    from .pipeline import generate_samples, load_hook, summarize
 
     chosen = environment(args.environment, **parse_settings(args.set))
+    generator = None if args.generator is None else load_hook(args.generator, "--generator")
+    llm = None if args.llm is None else load_hook(args.llm, "--llm")
     structures = None if args.structures is None else [s.strip() for s in args.structures.split(";") if s.strip()]
     pretrained, adapted = _segmenters(args, 2)
     members = [pretrained] if adapted is None else [adapted, pretrained]
@@ -100,7 +107,7 @@ def run_adapt(args: argparse.Namespace) -> int:
         try:
             generated = generate_samples(store, chosen, args.count, members, seed=args.seed, threshold=args.threshold,
                                          self_validation=not args.no_self_validation, structures=structures,
-                                         progress=progress)
+                                         generator=generator, llm=llm, progress=progress)
         finally:
             progress.close()
         if args.json:

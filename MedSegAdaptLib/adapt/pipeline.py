@@ -10,6 +10,11 @@ queries and the checks. A passing pseudo-mask is accepted by reviewer 'self-vali
 training view; the others wait in the review queue for an expert. Fine-tuning then runs on the
 training view: the expert corrections plus every accepted synthetic label.
 
+Two optional hooks stand in for the paper's generative models: ``generator(sample, rng)``, any
+user-supplied image model (e.g. a local diffusion model used image-to-image), returns a new (I, J, K)
+image for the simulated sample on the same grid, so the simulated labels stay valid; ``llm(prompt)``
+rewrites the template queries (MedSegAdaptLib.adapt.queries). Their names join the sample's provenance.
+
 The transformed source labels only place the prompt boxes and, where they are known on every slice
 (a whole-volume source label, or a lesion the simulator inserted), give self-validation the expected
 share of the body (measured on the generated image, so CT and MR-like bodies are compared alike) and
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +40,7 @@ from ..inference.segmenter import Segmenter
 from ..io import Volume, read_volume
 from ..priors.knowledge import KnowledgeBase
 from ..store.store import FineTuningStore
-from .environments import Environment
+from .environments import Environment, SimulatedSample
 from .pseudo_masks import ensemble_pseudo_mask
 from .queries import sample_queries
 from .validation import DEFAULT_THRESHOLD, Validation, body_mask, self_validate, volume_share
@@ -90,6 +97,41 @@ def correction_sources(store: FineTuningStore, structures: Sequence[str] | None 
     return [grouped[case_id] for case_id in sorted(grouped)]
 
 
+Generator = Callable[[SimulatedSample, np.random.Generator], np.ndarray]
+"""A user-supplied image model: (simulated sample, rng) -> its new (I, J, K) image on the same grid."""
+
+
+def load_hook(spec: str, what: str) -> Callable:
+    """The callable named by ``spec`` ('package.module:function'), for the ``what`` hook; clear errors."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name.strip() or not attribute.strip():
+        raise InputError(f"{what} {spec!r}: expected MODULE:FUNCTION, e.g. my_models.diffusion:refine")
+    try:
+        module = importlib.import_module(module_name.strip())
+    except ImportError as error:
+        raise InputError(f"{what} {spec!r}: cannot import module {module_name.strip()!r} ({error})") from error
+    hook = getattr(module, attribute.strip(), None)
+    if not callable(hook):
+        raise InputError(f"{what} {spec!r}: module {module_name.strip()!r} has no function {attribute.strip()!r}")
+    return hook
+
+
+def _hook_name(hook: Callable) -> str:
+    return f"{getattr(hook, '__module__', '?')}:{getattr(hook, '__qualname__', type(hook).__name__)}"
+
+
+def regenerate(sample: SimulatedSample, generator: Generator, rng: np.random.Generator) -> SimulatedSample:
+    """``sample`` with its image replaced by ``generator``'s, which must keep the (I, J, K) shape and be finite."""
+    name = _hook_name(generator)
+    image = np.asarray(generator(sample, rng), dtype=np.float32)
+    if image.shape != sample.volume.array.shape or not np.isfinite(image).all():
+        raise InputError(f"generator {name} returned an image of shape {image.shape}"
+                         f"{'' if np.isfinite(image).all() else ' with non-finite voxels'}; expected finite values "
+                         f"of the simulated image's shape {sample.volume.array.shape}")
+    volume = dataclasses.replace(sample.volume, array=image)
+    return dataclasses.replace(sample, volume=volume, parameters=sample.parameters | {"generator": name})
+
+
 def _new_case_id(store: FineTuningStore, base: str) -> str:
     """`base`, or `base-2`, `base-3`, ... : the first id not taken in the store."""
     taken = {case.case_id.casefold() for case in store.cases()}
@@ -102,10 +144,12 @@ def _new_case_id(store: FineTuningStore, base: str) -> str:
 
 def generate_samples(store: FineTuningStore, environment: Environment, count: int, segmenters: Sequence[Segmenter],
                      seed: int = 0, threshold: float = DEFAULT_THRESHOLD, self_validation: bool = True,
-                     structures: Sequence[str] | None = None,
+                     structures: Sequence[str] | None = None, generator: Generator | None = None,
+                     llm: Callable[[str], str] | None = None,
                      progress: ProgressCallback | None = None) -> list[GeneratedLabel]:
     """Generate `count` samples of `environment` from the store's corrected cases into the store (see the
-    module docstring). self_validation False accepts every pseudo-mask (the ablation)."""
+    module docstring). self_validation False accepts every pseudo-mask (the ablation); generator and llm
+    are the optional hooks."""
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
     if not 0 <= threshold <= 1:
@@ -123,7 +167,11 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
             read[source.case_id] = read_volume(source.image)
         volume = read[source.case_id]
         sample = environment.apply(volume, source.labels, rng)
-        queries = sample_queries(sample, rng)
+        if generator is not None:
+            sample = regenerate(sample, generator, rng)
+        if llm is not None:
+            sample = dataclasses.replace(sample, parameters=sample.parameters | {"llm": _hook_name(llm)})
+        queries = sample_queries(sample, rng, llm=llm)
         body = body_mask(sample.volume)
         judged = []  # everything is computed before the store is written, so a failure leaves no half sample
         for structure, reference in sample.labels.items():
