@@ -532,6 +532,16 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
         self._timer.start()
 
+    def _startOrStop(self, kind, stopMessage):
+        """A start/stop button was pressed: stop the running ``kind`` job (None), or return the configured
+        core to start one with (None when the dependencies are missing)."""
+        if self._jobKind == kind:
+            self._stopJob(stopMessage)
+            return None
+        if not self._dependenciesReady():
+            return None
+        return self._configuredCore()
+
     def _stopJob(self, message):
         self._job.cancel()
         self._jobControls[self._jobKind].statusLabel.text = message
@@ -568,13 +578,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- segmentation -------------------------------------------------------------------------------
 
     def onApplyButton(self):
-        if self._jobKind == "segment":
-            self._stopJob("Cancelling...")
-            return
-        if not self._dependenciesReady():
+        core = self._startOrStop("segment", "Cancelling...")
+        if core is None:
             return
         node = self._parameterNode
-        core = self._configuredCore()
         try:
             # Scene reading happens here, on the main thread.
             request = core.prepare(node.inputVolume, self.ui.structureComboBox.currentText, node.roi,
@@ -610,13 +617,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- suggestions --------------------------------------------------------------------------------
 
     def onSuggestButton(self):
-        if self._jobKind == "suggest":
-            self._stopJob("Cancelling...")
-            return
-        if not self._dependenciesReady():
+        core = self._startOrStop("suggest", "Cancelling...")
+        if core is None:
             return
         node = self._parameterNode
-        core = self._configuredCore()
         try:
             request = core.prepare_suggestion(node.inputVolume, self.ui.structureComboBox.currentText, node.budget,
                                               node.storePath, node.caseId, node.roi, node.points,
@@ -694,13 +698,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- adaptation: fine-tuning --------------------------------------------------------------------
 
     def onFineTuneButton(self):
-        if self._jobKind == "finetune":
-            self._stopJob("Stopping after the current step...")
-            return
-        if not self._dependenciesReady():
+        core = self._startOrStop("finetune", "Stopping after the current step...")
+        if core is None:
             return
         node = self._parameterNode
-        core = self._configuredCore()
         try:
             options = core.fine_tune_options(node.epochs, node.priors, semi_supervised=node.semiSupervised,
                                              text_encoder=node.textEncoder.strip() or None)
@@ -746,13 +747,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- adaptation: environment samples ------------------------------------------------------------
 
     def onGenerateSamples(self):
-        if self._jobKind == "generate":
-            self._stopJob("Stopping after the current sample...")
-            return
-        if not self._dependenciesReady():
+        core = self._startOrStop("generate", "Stopping after the current sample...")
+        if core is None:
             return
         node = self._parameterNode
-        core = self._configuredCore()
         storePath, environment, count = node.storePath, self.ui.environmentComboBox.currentText, node.environmentCount
         self.ui.generateStatusLabel.text = f"Generating {count} {environment} samples into {storePath}..."
         self._startJob("generate",
