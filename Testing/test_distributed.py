@@ -2,6 +2,7 @@
 process over both ranks' batches, keep identical weights, and only rank 0 prints and writes."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -103,3 +104,29 @@ def test_torchrun_two_processes_train_like_one_over_both_batches(tmp_path, ctche
     # equal up to rounding: Adam's first step is lr * sign(gradient), so the few weights whose gradient is
     # rounding noise (e.g. attention key biases, to which softmax is blind) may step either way
     assert moved > 0 and gap < 0.01 * moved and differ.float().mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_torchrun_adapt_generates_once_then_trains_on_both_ranks(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", STRUCTURE, reference.get(STRUCTURE).mask, "tester", annotated_slices={"k": SLICES})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(MedSegAdaptLib.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "MedSegAdaptLib.cli", "adapt", str(tmp_path / "store"), "--environment", "pediatric", "--count", "1",
+         "--threshold", "0", "-o", str(tmp_path / "adapted.pt"), "--epochs", "1", "--batch-size", "2",
+         "--min-steps-per-epoch", "2", "--device", "cpu", "--encoder-runtime", "torch",
+         "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600, env=env)
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-4000:]
+    # rank 0 alone generated and printed; both ranks trained (one batch each per step)
+    assert launched.stdout.count("synthetic labels") == 1 and launched.stdout.count("wrote ") == 1, launched.stdout
+    checkpoint = load_checkpoint(tmp_path / "adapted.pt")
+    batches = math.ceil(checkpoint["metrics"]["train_slices"] / 2)  # of --batch-size 2
+    assert checkpoint["metrics"]["history"][0]["steps"] == math.ceil(batches / 2)  # each rank half of them
+    with FineTuningStore(tmp_path / "store") as store:
+        assert len(store.cases()) == 2, "one generated case, not one per rank"
+        assert checkpoint["training_set_version"] == store.training_set_version()
+        assert {row.kind for row in store.training_view()} == {"correction", "synthetic"}

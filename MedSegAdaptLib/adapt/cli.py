@@ -88,35 +88,47 @@ def run_environments(args: argparse.Namespace) -> int:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    """Handler of `medsegadapt adapt`."""
-    from ..active.cli import _segmenters
-    from ..progress import TerminalProgress
+    """Handler of `medsegadapt adapt`. Under torchrun, rank 0 generates the samples while the other ranks
+    wait, then all ranks fine-tune data-parallel (as `finetune` does)."""
+    from ..device import resolve_device
     from ..store import FineTuningStore
     from ..train.cli import fine_tune_from_args
+    from ..train.distributed import process_group, rank0_first, world
     from .environments import environment
-    from .pipeline import generate_samples, load_hook, summarize
+    from .pipeline import load_hook
 
     chosen = environment(args.environment, **parse_settings(args.set))
     generator = None if args.generator is None else load_hook(args.generator, "--generator")
     llm = None if args.llm is None else load_hook(args.llm, "--llm")
     structures = None if args.structures is None else [s.strip() for s in args.structures.split(";") if s.strip()]
+    with process_group(resolve_device(args.device)) as device, FineTuningStore(args.store) as store:
+        with rank0_first():
+            if world().main:
+                _generate_and_report(args, store, chosen, structures, generator, llm)
+        fine_tune_from_args(args, store, device)
+    return 0
+
+
+def _generate_and_report(args: argparse.Namespace, store, chosen, structures, generator, llm) -> None:
+    """Generate `adapt`'s samples into `store` and print what self-validation decided."""
+    from ..active.cli import _segmenters
+    from ..progress import TerminalProgress
+    from .pipeline import generate_samples, summarize
+
     pretrained, adapted = _segmenters(args, 2)
     members = [pretrained] if adapted is None else [adapted, pretrained]
     progress = TerminalProgress()
-    with FineTuningStore(args.store) as store:
-        try:
-            generated = generate_samples(store, chosen, args.count, members, seed=args.seed, threshold=args.threshold,
-                                         self_validation=not args.no_self_validation, structures=structures,
-                                         generator=generator, llm=llm, progress=progress)
-        finally:
-            progress.close()
-        if args.json:
-            print(json.dumps([label.to_dict() for label in generated], indent=2))
-        for name, counts in summarize(generated).items():
-            print(f"{name}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by self-validation, "
-                  f"{counts['queued']} queued for review")
-        queued = sum(not label.accepted for label in generated)
-        if queued:
-            print(f"{queued} labels wait for an expert: medsegadapt store review {args.store} list")
-        fine_tune_from_args(args, store)
-    return 0
+    try:
+        generated = generate_samples(store, chosen, args.count, members, seed=args.seed, threshold=args.threshold,
+                                     self_validation=not args.no_self_validation, structures=structures,
+                                     generator=generator, llm=llm, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps([label.to_dict() for label in generated], indent=2))
+    for name, counts in summarize(generated).items():
+        print(f"{name}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by self-validation, "
+              f"{counts['queued']} queued for review")
+    queued = sum(not label.accepted for label in generated)
+    if queued:
+        print(f"{queued} labels wait for an expert: medsegadapt store review {args.store} list")
