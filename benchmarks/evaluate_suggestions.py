@@ -17,6 +17,10 @@ unpicked slices close to picked ones join training). Strategies:
     python benchmarks/evaluate_suggestions.py [--structures "thoracic vertebral column"] [--budgets 1,2,3,5]
         [--seeds 0,1,2] [--strategies "suggest;uniform"] [--modes "supervised;semi-supervised"]
         [--output-dir out/suggestions]
+    python benchmarks/evaluate_suggestions.py --summarize out/suggestions/run-*/runs.jsonl
+
+Every run is appended to runs.jsonl as it finishes; --summarize turns one or more such logs (e.g. of
+runs split over several processes by strategy or structure) into the table.
 """
 from __future__ import annotations
 
@@ -74,8 +78,25 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
     return held_out_dice(tuned.segment(volume, name, box=box).mask, truth, slices)
 
 
+def markdown_table(runs: list[dict]) -> str:
+    """The README table: Dice mean ± sd over seeds per structure, strategy, mode and budget, from runs.jsonl records."""
+    budgets = sorted({run["K"] for run in runs})
+    cells: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+    for run in runs:
+        cells.setdefault((run["structure"], run["strategy"], run["mode"]), {}).setdefault(run["K"], []).append(run["dice"])
+    lines = ["| structure | strategy | fine-tuning | " + " | ".join(f"K={b}" for b in budgets) + " | seeds |",
+             "|---|---|---|" + "---|" * (len(budgets) + 1)]
+    for (structure, strategy, mode), by_budget in cells.items():
+        row = [f"{np.mean(by_budget[b]):.3f} ± {np.std(by_budget[b]):.3f}" if b in by_budget else "" for b in budgets]
+        seeds = sorted({len(values) for values in by_budget.values()})
+        lines.append(f"| {structure} | {strategy} | {mode} | " + " | ".join(row) + f" | {'/'.join(map(str, seeds))} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--summarize", nargs="+", type=Path, metavar="RUNS_JSONL",
+                        help="print the table of these runs.jsonl logs instead of running anything")
     parser.add_argument("--structures", default="thoracic vertebral column", help="';'-separated")
     parser.add_argument("--budgets", default="1,2,3,5")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
@@ -83,6 +104,10 @@ def main() -> None:
     parser.add_argument("--modes", default="supervised;semi-supervised")
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()
+    if args.summarize:
+        print(markdown_table([json.loads(line) for path in args.summarize for line in path.read_text().splitlines()
+                              if line.strip()]))
+        return
     run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     volume = read_volume(ctchest4_volume_path())
@@ -91,39 +116,25 @@ def main() -> None:
     pretrained = Segmenter(load_backbone(for_inference=True), cache)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    runs = []
     for name in args.structures.split(";"):
         truth = reference.get(name).mask
         box = Box3D.around(truth, 2)
         before = pretrained.segment(volume, name, box=box).mask
         for strategy in args.strategies.split(";"):
             for mode in args.modes.split(";"):
-                row = {"structure": name, "strategy": strategy, "mode": mode}
                 for budget in budgets:
-                    scores, picks = [], []
                     for seed in seeds:
                         slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
                         folder = run_dir / f"{name}-{strategy}-{mode}-{budget}-{seed}".replace(" ", "_")
                         options = FineTuneOptions(seed=seed, semi_supervised=mode == "semi-supervised")
-                        scores.append(fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache,
-                                                      options))
-                        picks.append(slices)
+                        score = fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache, options)
+                        runs.append({"structure": name, "strategy": strategy, "mode": mode, "K": budget,
+                                     "seed": seed, "slices": slices, "dice": score})
+                        print(json.dumps(runs[-1]), flush=True)
                         with open(run_dir / "runs.jsonl", "a") as log:  # each run, in case a long run is cut short
-                            log.write(json.dumps({"structure": name, "strategy": strategy, "mode": mode, "K": budget,
-                                                  "seed": seed, "slices": slices, "dice": scores[-1]}) + "\n")
-                    row[f"K={budget}"] = float(np.mean(scores))
-                    row[f"K={budget} sd"] = float(np.std(scores))
-                    row[f"K={budget} slices"] = picks
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                with open(run_dir / "results.jsonl", "a") as log:
-                    log.write(json.dumps(row) + "\n")
-    print("| structure | strategy | fine-tuning | " + " | ".join(f"K={b}" for b in budgets) + " |")
-    print("|---|---|---|" + "---|" * len(budgets))
-    for row in rows:
-        cells = [f"{row[f'K={b}']:.3f} ± {row[f'K={b} sd']:.3f}" for b in budgets]
-        print(f"| {row['structure']} | {row['strategy']} | {row['mode']} | " + " | ".join(cells) + " |")
-
+                            log.write(json.dumps(runs[-1]) + "\n")
+    print(markdown_table(runs))
 
 if __name__ == "__main__":
     main()
