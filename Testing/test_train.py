@@ -17,7 +17,8 @@ from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.train import FineTuneOptions, FineTuner, SliceDataset, fine_tune, load_checkpoint
 from MedSegAdaptLib.train.checkpoint import save_checkpoint
-from MedSegAdaptLib.train.trainer import batch_loss, prompt_boxes
+from MedSegAdaptLib.train.dataset import TrainingSlice
+from MedSegAdaptLib.train.trainer import batch_loss, prompt_boxes, slice_logits
 
 STRUCTURE = "left lung"
 SLICES = [17, 23]
@@ -90,14 +91,40 @@ def test_annotated_empty_slice_is_a_negative_with_a_borrowed_box(tmp_path, ctche
     volume, reference = ctchest4
     truth = reference.get(STRUCTURE).mask  # the left lung spans axial slices 6-33
     with _store(tmp_path / "store", volume, truth, slices=[2, 17, 23]) as store:
-        dataset = SliceDataset(store.training_view(), "0" * 64)
+        boxed = SliceDataset(store.training_view(), "0" * 64)
+        dataset = SliceDataset(store.training_view(), "0" * 64, negatives=True)
+        tuners = {prompt: FineTuner(store, tmp_path / f"{prompt}.pt", options=dataclasses.replace(TINY, prompt=prompt))
+                  for prompt in ("box", "mixed", "none")}
+    assert {prompt: [item.index for item in tuner.dataset.slices] for prompt, tuner in tuners.items()} == {
+        "box": [17, 23], "mixed": [2, 17, 23], "none": [2, 17, 23]}
+    assert [item.index for item in boxed.slices] == [17, 23]  # box-prompted training skips negatives
     by_index = {item.index: item for item in dataset.slices}
     assert sorted(by_index) == [2, 17, 23]
     assert not by_index[2].mask.any() and by_index[17].mask.any()
     assert np.array_equal(by_index[2].rect, by_index[17].rect)
     with _store(tmp_path / "only-empty", volume, truth, slices=[2, 3]) as store, \
             pytest.raises(InputError, match="hold no foreground"):
-        SliceDataset(store.training_view(), "0" * 64)
+        SliceDataset(store.training_view(), "0" * 64, negatives=True)
+
+
+def test_a_negative_slice_is_scored_by_cross_entropy_alone():
+    model = load_backbone()
+    embeddings = torch.randn(2, 256, 64, 64) * 0.1
+    empty = np.zeros((40, 50), bool)
+    full = np.zeros((40, 50), bool)
+    full[10:30, 10:40] = True
+    items = [TrainingSlice("c", "s", 2, k, "key", mask, np.array([8, 8, 42, 32]), scale=256 / 50)
+             for k, mask in enumerate((empty, full))]
+    boxes = prompt_boxes(items, 0, 0, None)
+    loss_fn = DiceCELoss(sigmoid=True)
+    with torch.no_grad():
+        logits = slice_logits(model, embeddings, boxes, items)
+        both = batch_loss(model, loss_fn, embeddings, boxes, items)
+        target = [torch.from_numpy(m).float()[None, None] for m in (empty, full)]
+        negative = loss_fn.bce(logits[0][None, None], target[0])
+        positive = loss_fn(logits[1][None, None], target[1])
+    assert loss_fn(logits[0][None, None], target[0]) > negative + 0.5  # smoothed Dice of an empty target is ~1
+    assert torch.allclose(both, (negative + positive) / 2)
 
 
 def test_empty_training_view_is_refused(tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -64,18 +65,36 @@ def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, na
 
 
 def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box3D, slices: list[int],
-                    before: np.ndarray, cache: EmbeddingCache, options: FineTuneOptions) -> float:
-    """Held-out Dice after fine-tuning on `slices` (the pretrained result when they hold no foreground)."""
+                    before: np.ndarray, cache: EmbeddingCache, seed: int, modes: list[str]) -> dict[str, float]:
+    """Held-out Dice after fine-tuning on `slices`, per mode (the pretrained result when they hold no
+    foreground). With both modes, one semi-supervised run gives both: its first stage is the supervised
+    run (same seed, same batches), whose checkpoint is copied as that stage ends; these budgets are
+    below `min_slices_for_validation`, so the last epoch is the one a supervised run keeps."""
+    if len(slices) >= FineTuneOptions().min_slices_for_validation:
+        raise ValueError(f"{len(slices)} slices get a validation split, so stage one's last epoch is not what a "
+                         "supervised run keeps; run the modes separately for budgets this large")
     folder.mkdir(parents=True)
+    checkpoints = {"semi-supervised": folder / "ft.pt", "supervised": folder / "ft.pt"}
+    if "semi-supervised" in modes:
+        checkpoints["supervised"] = folder / "supervised.pt"
+
+    def keep_supervised(record: dict) -> None:
+        if record["stage"] == "supervised" and "supervised" in modes:
+            shutil.copyfile(folder / "ft.pt", checkpoints["supervised"])
+
     with FineTuningStore.init(folder / "store") as store:
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", name, truth, "reference", annotated_slices={"k": slices})
         try:
-            fine_tune(store, folder / "ft.pt", cache=cache, options=options)
+            fine_tune(store, folder / "ft.pt", cache=cache, on_epoch=keep_supervised,
+                      options=FineTuneOptions(seed=seed, semi_supervised="semi-supervised" in modes))
         except InputError:  # only empty slices picked: nothing to learn from
-            return held_out_dice(before, truth, slices)
-    tuned = Segmenter(load_backbone(checkpoint=folder / "ft.pt", for_inference=True), cache)
-    return held_out_dice(tuned.segment(volume, name, box=box).mask, truth, slices)
+            return {mode: held_out_dice(before, truth, slices) for mode in modes}
+    dice = {}
+    for mode in modes:
+        tuned = Segmenter(load_backbone(checkpoint=checkpoints[mode], for_inference=True), cache)
+        dice[mode] = held_out_dice(tuned.segment(volume, name, box=box).mask, truth, slices)
+    return dice
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -122,13 +141,13 @@ def main() -> None:
         box = Box3D.around(truth, 2)
         before = pretrained.segment(volume, name, box=box).mask
         for strategy in args.strategies.split(";"):
-            for mode in args.modes.split(";"):
-                for budget in budgets:
-                    for seed in seeds:
-                        slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
-                        folder = run_dir / f"{name}-{strategy}-{mode}-{budget}-{seed}".replace(" ", "_")
-                        options = FineTuneOptions(seed=seed, semi_supervised=mode == "semi-supervised")
-                        score = fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache, options)
+            for budget in budgets:
+                for seed in seeds:
+                    slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
+                    folder = run_dir / f"{name}-{strategy}-{budget}-{seed}".replace(" ", "_")
+                    modes = args.modes.split(";")
+                    for mode, score in fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache, seed,
+                                                       modes).items():
                         runs.append({"structure": name, "strategy": strategy, "mode": mode, "K": budget,
                                      "seed": seed, "slices": slices, "dice": score})
                         print(json.dumps(runs[-1]), flush=True)

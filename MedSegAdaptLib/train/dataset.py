@@ -6,11 +6,15 @@ the mask's bounding box (the box prompt). Partial annotations contribute only th
 slices, along the axis they were annotated on: voxels elsewhere are unknown, not background, so they
 never enter the loss. A label of the whole volume contributes every axial (k) slice.
 
-An annotated slice of a partial annotation whose mask is empty (the annotator said "not here") is a
-negative sample: its target is empty and its prompt the box of the nearest non-empty annotated slice
-of the same label, the kind of box propagation carries past the end of a structure, so the decoder
-learns to answer it with nothing. Without a non-empty annotated slice to borrow from, and for empty
-slices of whole-volume labels, empty slices are skipped.
+With ``negatives`` (prompt-free or mixed training), an annotated slice of a partial annotation whose
+mask is empty (the annotator said "not here") is a negative sample: its target is empty and its box,
+used when the slice is box-prompted, is that of the nearest non-empty annotated slice of the same
+label, the kind of box propagation carries past the end of a structure. Without ``negatives``, without
+a non-empty annotated slice to borrow from, and for empty slices of whole-volume labels, empty slices
+are skipped. Box-prompted training leaves negatives out because they cost accuracy: on the thoracic
+column with annotated slices 28, 9 (empty) and 20, held-out Dice over 5 seeds was 0.693 +- 0.009
+without negatives, 0.674 +- 0.007 with them (cross-entropy only) and 0.587 +- 0.070 with DiceCE on
+them (README, ASSFT section).
 """
 from __future__ import annotations
 
@@ -110,7 +114,7 @@ class SliceDataset:
     """
 
     def __init__(self, rows: Sequence[TrainingRow], weights_sha256: str, cache: EmbeddingCache | None = None,
-                 read: Callable[[Path], Volume] = read_volume) -> None:
+                 read: Callable[[Path], Volume] = read_volume, negatives: bool = False) -> None:
         if not rows:
             raise InputError("the training view is empty: submit corrections (or accept pseudo-labels) first")
         self.cache = cache if cache is not None else EmbeddingCache()
@@ -140,7 +144,7 @@ class SliceDataset:
                 for index, mask in zip(indices, masks):
                     if mask.sum() >= MIN_AREA:
                         rect = mask_rect(mask)
-                    elif row.annotated_slices is not None and positive:
+                    elif negatives and row.annotated_slices is not None and positive:
                         rect = mask_rect(positive[nearest_slice(int(index), list(positive))])
                         mask = np.zeros_like(mask)
                     else:

@@ -13,7 +13,9 @@ features it never sees; a flip augmentation needs the image re-encoded, which th
 design avoids.
 
 Loss: MONAI's DiceCELoss(sigmoid=True) per slice on the slice grid (the decoder's 256x256 logits
-cropped and resized as at inference), averaged over the batch. Only annotated slices exist in the
+cropped and resized as at inference), averaged over the batch; a negative slice (empty target, only
+in prompt-free or mixed training, see MedSegAdaptLib.train.dataset) gets its cross-entropy part alone,
+since Dice is undefined without foreground and its smoothed form drives every pixel to zero. Only annotated slices exist in the
 dataset, so unannotated voxels of partial annotations never enter the loss.
 Optimiser: AdamW (betas 0.9/0.999, weight decay 0.1). With enough labeled slices
 (`min_slices_for_validation`), every `1/validation_fraction`-th one is held out; the mean Dice on
@@ -124,13 +126,16 @@ def slice_logits(model: SamBackbone, embeddings: torch.Tensor, boxes: list[torch
     return out
 
 
-def batch_loss(model: SamBackbone, loss_fn: torch.nn.Module, embeddings: torch.Tensor,
+def batch_loss(model: SamBackbone, loss_fn: DiceCELoss, embeddings: torch.Tensor,
                boxes: list[torch.Tensor | None], items: list[TrainingSlice],
                tokens: Mapping[str, AttributeTokens] | None = None) -> torch.Tensor:
-    """Mean DiceCE loss over the slices of a batch; embeddings (B, 256, 64, 64), boxes B of (4,) or None."""
+    """Mean DiceCE loss over the slices of a batch (cross-entropy alone for an empty target); embeddings
+    (B, 256, 64, 64), boxes B of (4,) or None."""
     device = embeddings.device
-    losses = [loss_fn(logits[None, None], torch.from_numpy(item.mask).to(device, torch.float32)[None, None])
-              for logits, item in zip(slice_logits(model, embeddings, boxes, items, tokens), items)]
+    losses = []
+    for logits, item in zip(slice_logits(model, embeddings, boxes, items, tokens), items):
+        target = torch.from_numpy(item.mask).to(device, torch.float32)[None, None]
+        losses.append(loss_fn(logits[None, None], target) if item.mask.any() else loss_fn.bce(logits[None, None], target))
     return torch.stack(losses).mean()
 
 
@@ -252,7 +257,7 @@ class FineTuner:
         self.pseudo_labels: SelectionReport | None = None
         self.world = distributed.world()
         self.encoder_runtime = encoder_runtime
-        self.dataset = SliceDataset(self.rows, self.base_sha256, cache)
+        self.dataset = SliceDataset(self.rows, self.base_sha256, cache, negatives=self.options.prompt != "box")
         self.train_index, self.val_index = split_validation(len(self.dataset), options)
 
     def _encode(self, progress: ProgressCallback | None) -> int:
