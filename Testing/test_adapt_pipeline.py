@@ -130,6 +130,26 @@ def test_a_generator_breaking_the_grid_is_refused_before_anything_is_stored(tmp_
         assert [case.case_id for case in store.cases()] == ["CTChest4"]
 
 
+def test_simulated_labels_replace_pseudo_masks_where_the_label_is_known(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    lung = reference.get("left lung").mask
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", "left lung", lung, "reference")  # whole volume: known on every slice
+        (label,) = generate_samples(store, environment("varying-field-mri"), 1, [], simulated_labels=True)
+        stored = store.label(label.label_id)
+        assert label.accepted and label.reference_dice == 1.0
+        assert np.array_equal(read_volume(stored.file).array != 0, lung)  # this simulator keeps the grid
+        assert stored.reviews[-1].reviewer == "simulator" and json.loads(stored.comment)["label"] == "simulator"
+        assert ("CTChest4-varying-field-mri-000", "synthetic") in {(r.case_id, r.kind) for r in store.training_view()}
+        store.submit_mask("CTChest4", "right lung", reference.get("right lung").mask, "reference",
+                          annotated_slices={"k": [20]})  # partial: its label is not known, a pseudo-mask is needed
+        with pytest.raises(InputError, match="no model to pseudo-label 'right lung'"):
+            generate_samples(store, environment("varying-field-mri"), 1, [], simulated_labels=True,
+                             structures=["right lung"])
+        assert len(store.cases()) == 2, "the failed sample left nothing in the store"
+
+
 @pytest.mark.slow
 def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4):
     volume, reference = ctchest4

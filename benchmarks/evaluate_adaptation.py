@@ -14,6 +14,8 @@ there from its transformed reference box + 2 voxels and scored with Dice. Rows:
 - generic augmentation: the same with MONAI's generic intensity augmentation (Gaussian noise,
   intensity scale and shift, contrast) instead of the environment simulator;
 - no self-validation: every pseudo-mask accepted;
+- simulated labels: the simulator's exact transformed labels instead of pseudo-masks (the labels are
+  whole-volume here), the upper bound of what better pseudo-masks could give;
 - with priors: adapted, fine-tuning the MedSeg-R priors too (--priors all; without the flag the
   queries only name structures, as the pretrained model has no priors to steer).
 
@@ -135,7 +137,8 @@ def main() -> None:
             started = time.perf_counter()
             with source_store(folder / "store", source, source_labels) as store:
                 generated = generate_samples(store, generator, args.count, [pretrained], seed=0,
-                                             self_validation=variant != "no self-validation")
+                                             self_validation=variant != "no self-validation",
+                                             simulated_labels=variant == "simulated labels")
                 variant_options = FineTuneOptions(epochs=args.epochs, priors=("location", "texture", "shape",
                                                                               "semantic") if variant == "with priors" else ())
                 fine_tune(store, folder / "adapted.pt", options=variant_options, cache=cache)

@@ -45,6 +45,9 @@ def add_adapt_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="self-validation score a pseudo-mask needs to train without review (default: %(default)s)")
     parser.add_argument("--no-self-validation", action="store_true",
                         help="accept every pseudo-mask without checking it (an ablation)")
+    parser.add_argument("--simulated-labels", action="store_true",
+                        help="train on the simulator's exact labels where they are known on every slice (whole-volume "
+                             "corrections, inserted lesions) instead of pseudo-masks")
     parser.add_argument("--generator", default=None, metavar="MODULE:FUNCTION",
                         help="optional image model refining each simulated image: FUNCTION(sample, rng) returns a new "
                              "(I, J, K) image on the same grid (e.g. a local diffusion model used image-to-image)")
@@ -121,7 +124,8 @@ def _generate_and_report(args: argparse.Namespace, store, chosen, structures, ge
     try:
         generated = generate_samples(store, chosen, args.count, members, seed=args.seed, threshold=args.threshold,
                                      self_validation=not args.no_self_validation, structures=structures,
-                                     generator=generator, llm=llm, progress=progress)
+                                     generator=generator, llm=llm, simulated_labels=args.simulated_labels,
+                                     progress=progress)
     finally:
         progress.close()
     if args.json:

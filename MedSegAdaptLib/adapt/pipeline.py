@@ -18,7 +18,9 @@ rewrites the template queries (MedSegAdaptLib.adapt.queries). Their names join t
 The transformed source labels only place the prompt boxes and, where they are known on every slice
 (a whole-volume source label, or a lesion the simulator inserted), give self-validation the expected
 share of the body (measured on the generated image, so CT and MR-like bodies are compared alike) and
-measure each pseudo-mask's Dice against them (`reference_dice`, for reports); they are not trained on.
+measure each pseudo-mask's Dice against them (`reference_dice`, for reports); they are trained on only
+with ``simulated_labels``, which stores such a known label itself, accepted by 'simulator', in place
+of the pseudo-mask.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from .validation import DEFAULT_THRESHOLD, Validation, body_mask, self_validate,
 
 ANNOTATOR = "medsegadapt-adapt"
 REVIEWER = "self-validation"
+SIMULATOR = "simulator"  # the reviewer of a simulator's exact label (simulated_labels)
 BOX_MARGIN = 2
 
 
@@ -145,11 +148,13 @@ def _new_case_id(store: FineTuningStore, base: str) -> str:
 def generate_samples(store: FineTuningStore, environment: Environment, count: int, segmenters: Sequence[Segmenter],
                      seed: int = 0, threshold: float = DEFAULT_THRESHOLD, self_validation: bool = True,
                      structures: Sequence[str] | None = None, generator: Generator | None = None,
-                     llm: Callable[[str], str] | None = None,
+                     llm: Callable[[str], str] | None = None, simulated_labels: bool = False,
                      progress: ProgressCallback | None = None) -> list[GeneratedLabel]:
     """Generate `count` samples of `environment` from the store's corrected cases into the store (see the
     module docstring). self_validation False accepts every pseudo-mask (the ablation); generator and llm
-    are the optional hooks."""
+    are the optional hooks. simulated_labels: where the simulator's label is known on every slice, store
+    it instead of the ensemble pseudo-mask, accepted by 'simulator' (the exact labels a simulator can
+    give, which a generative model could not; pseudo-masks remain for partially annotated sources)."""
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
     if not 0 <= threshold <= 1:
@@ -177,25 +182,33 @@ def generate_samples(store: FineTuningStore, environment: Environment, count: in
         for structure, reference in sample.labels.items():
             if not reference.any():
                 continue
-            box = Box3D.around(reference, BOX_MARGIN)
-            ensemble = ensemble_pseudo_mask(segmenters, sample.volume, structure, box, queries.get(structure, ()),
-                                            sample.modality)
             # known on every slice: a whole-volume source label, or a lesion the simulator inserted
             known = structure in source.whole or structure not in source.labels
             share = volume_share(reference, body) if known else None
-            validation = self_validate(ensemble.mask, sample.volume, sample.modality, knowledge.structure(structure),
-                                       ensemble.agreement, share, threshold)
-            judged.append((structure, ensemble.mask, validation, dice(ensemble.mask, reference) if known else None))
+            rule = knowledge.structure(structure)
+            if simulated_labels and known:
+                validation = self_validate(reference, sample.volume, sample.modality, rule, 1.0, share, threshold)
+                judged.append((structure, reference, validation, 1.0, True))
+                continue
+            ensemble = ensemble_pseudo_mask(segmenters, sample.volume, structure, Box3D.around(reference, BOX_MARGIN),
+                                            queries.get(structure, ()), sample.modality)
+            validation = self_validate(ensemble.mask, sample.volume, sample.modality, rule, ensemble.agreement, share,
+                                       threshold)
+            judged.append((structure, ensemble.mask, validation, dice(ensemble.mask, reference) if known else None,
+                           False))
         case, _ = store.add_image(sample.volume, _new_case_id(store, f"{source.case_id}-{environment.name}-{number:03d}"),
                                   modality=sample.modality)
-        for structure, mask, validation, reference_dice in judged:
+        for structure, mask, validation, reference_dice, exact in judged:
             comment = json.dumps({"environment": environment.name, "source_case": source.case_id,
                                   "parameters": sample.parameters, "queries": queries.get(structure, []),
+                                  "label": "simulator" if exact else "ensemble pseudo-mask",
                                   "score": validation.score, "checks": validation.checks}, default=str)
             label = store.submit_mask(case.case_id, structure, mask, ANNOTATOR, kind="synthetic",
                                       comment=comment, source=f"{environment.name} of {source.case_id}")
-            accepted = validation.passed or not self_validation
-            if accepted:
+            accepted = exact or validation.passed or not self_validation
+            if exact:
+                store.review(label.label_id, True, SIMULATOR, "the simulator's exact label")
+            elif accepted:
                 store.review(label.label_id, True, REVIEWER,
                              f"consistency {validation.score:.2f}" + ("" if self_validation else " (not validated)"))
             generated.append(GeneratedLabel(case.case_id, structure, label.label_id, queries.get(structure, []),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..active.scoring import mask_dice
+from ..errors import InputError
 from ..inference.prompts import Box3D
 from ..inference.segmenter import Segmenter
 from ..io import Volume
@@ -73,6 +74,8 @@ def ensemble_pseudo_mask(segmenters: Sequence[Segmenter], volume: Volume, struct
                          queries: Sequence[str] = (), modality: str = "auto") -> EnsembleMask:
     """Fused pseudo-mask of `structure` in `volume` from every segmenter and box variant; queries (may
     be empty) steer models with priors, one per member in turn."""
+    if not segmenters:
+        raise InputError(f"no model to pseudo-label {structure!r} with; expected at least one segmenter")
     members = []
     for variant in box_variants(box, volume.array.shape, segmenters[0].axis):
         for segmenter in segmenters:
