@@ -855,9 +855,9 @@ class MedSegAdaptLogic:
         Any thread.
 
         Each sample's pseudo-masks come from an ensemble of the configured model (and the packaged
-        LiteMedSAM when the model is a fine-tune of it); those passing self-validation (score at least
-        ``threshold``, default the library's) are accepted as synthetic labels and train at once, the
-        others wait in the review queue.
+        LiteMedSAM when the model is a fine-tune of it); those passing every self-validation check
+        (ensemble agreement at least ``threshold``, default the library's 0.8) are accepted as synthetic
+        labels and train at once, the others wait in the review queue.
         """
         from MedSegAdaptLib.adapt import environment as make_environment
         from MedSegAdaptLib.adapt import generate_samples
