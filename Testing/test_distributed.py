@@ -62,18 +62,28 @@ def _decoder_distance(first: dict, second: dict) -> float:
     return float(sum(((first[k].float() - second[k].float()) ** 2).sum() for k in first) ** 0.5)
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_train_like_one_over_both_batches(tmp_path, ctchest4):
+def _partial_store(path: Path, ctchest4) -> None:
+    """A store with CTChest4 and its left lung annotated on SLICES."""
     volume, reference = ctchest4
-    with FineTuningStore.init(tmp_path / "store") as store:
+    with FineTuningStore.init(path) as store:
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", STRUCTURE, reference.get(STRUCTURE).mask, "tester", annotated_slices={"k": SLICES})
+
+
+def _torchrun_environment() -> dict[str, str]:
+    """This environment with the checkout on PYTHONPATH, for processes torchrun starts."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(MedSegAdaptLib.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_like_one_over_both_batches(tmp_path, ctchest4):
+    _partial_store(tmp_path / "store", ctchest4)
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
     # two batches of two slices per epoch: one per rank, whose gradients are averaged into one step
     training = ["--epochs", "1", "--batch-size", "2", "--min-steps-per-epoch", "2", "--lr", "1e-3", "--device", "cpu",
                 "--encoder-runtime", "torch", "--cache-dir", str(tmp_path / "cache")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(MedSegAdaptLib.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = _torchrun_environment()
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(tmp_path / "rank.py"), str(tmp_path), "finetune", str(tmp_path / "store"), "-o", str(tmp_path / "ddp.pt"),
@@ -108,12 +118,8 @@ def test_torchrun_two_processes_train_like_one_over_both_batches(tmp_path, ctche
 
 @pytest.mark.slow
 def test_torchrun_adapt_generates_once_then_trains_on_both_ranks(tmp_path, ctchest4):
-    volume, reference = ctchest4
-    with FineTuningStore.init(tmp_path / "store") as store:
-        store.add_image(volume, "CTChest4", modality="ct")
-        store.submit_mask("CTChest4", STRUCTURE, reference.get(STRUCTURE).mask, "tester", annotated_slices={"k": SLICES})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(MedSegAdaptLib.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    _partial_store(tmp_path / "store", ctchest4)
+    env = _torchrun_environment()
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
          "MedSegAdaptLib.cli", "adapt", str(tmp_path / "store"), "--environment", "pediatric", "--count", "1",
