@@ -79,7 +79,7 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
         checkpoints["supervised"] = folder / "supervised.pt"
 
     def keep_supervised(record: dict) -> None:
-        if record["stage"] == "supervised" and "supervised" in modes:
+        if record["stage"] == "supervised" and checkpoints["supervised"] != checkpoints["semi-supervised"]:
             shutil.copyfile(folder / "ft.pt", checkpoints["supervised"])
 
     with FineTuningStore.init(folder / "store") as store:
