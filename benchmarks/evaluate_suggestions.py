@@ -21,6 +21,16 @@ unpicked slices close to picked ones join training). Strategies:
 
 Every run is appended to runs.jsonl as it finishes; --summarize turns one or more such logs (e.g. of
 runs split over several processes by strategy or structure) into the table.
+
+Held-out Dice scores each strategy on its own slices (the ones it did not pick), so a strategy that
+picks the slices where the model is worst also removes them from its score. --rescore RUN_DIR
+re-segments with each run's saved checkpoint and adds two scores on the same whole volume for every
+strategy: "final" (the prediction with the picked slices replaced by their reference masks, what the
+annotator ends up with) and "model" (the fine-tuned model's prediction alone); --metric picks the
+score --summarize shows.
+
+    python benchmarks/evaluate_suggestions.py --rescore out/suggestions/run-*
+    python benchmarks/evaluate_suggestions.py --summarize out/suggestions/run-*/rescored.jsonl --metric final
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ import numpy as np
 from MedSegAdaptLib.active.scoring import ScoringOptions
 from MedSegAdaptLib.active.suggest import suggest_slices
 from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.evaluation.metrics import dice
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import read_segmentation, read_volume
 from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
@@ -97,12 +108,42 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
     return dice
 
 
-def markdown_table(runs: list[dict]) -> str:
-    """The README table: Dice mean ± sd over seeds per structure, strategy, mode and budget, from runs.jsonl records."""
+def checkpoint_of(run_dir: Path, run: dict) -> Path | None:
+    """The checkpoint a runs.jsonl record was scored with (None: nothing trained, the pretrained model)."""
+    folder = run_dir / f"{run['structure']}-{run['strategy']}-{run['K']}-{run['seed']}".replace(" ", "_")
+    separate = folder / "supervised.pt"
+    path = separate if run["mode"] == "supervised" and separate.exists() else folder / "ft.pt"
+    return path if path.exists() else None
+
+
+def rescore(run_dir: Path) -> None:
+    """Write run_dir/rescored.jsonl: each record of runs.jsonl with 'final' and 'model' whole-volume Dice."""
+    volume = read_volume(ctchest4_volume_path())
+    reference = read_segmentation(ctchest4_segmentation_path())
+    cache = EmbeddingCache()
+    predictions: dict[tuple, np.ndarray] = {}
+    with open(run_dir / "rescored.jsonl", "w") as out:
+        for line in (run_dir / "runs.jsonl").read_text().splitlines():
+            run = json.loads(line)
+            truth = reference.get(run["structure"]).mask
+            checkpoint = checkpoint_of(run_dir, run)
+            key = (run["structure"], checkpoint)
+            if key not in predictions:
+                segmenter = Segmenter(load_backbone(checkpoint=checkpoint, for_inference=True), cache)
+                predictions[key] = segmenter.segment(volume, run["structure"], box=Box3D.around(truth, 2)).mask
+            final = predictions[key].copy()
+            final[:, :, run["slices"]] = truth[:, :, run["slices"]]
+            out.write(json.dumps({**run, "model": dice(predictions[key], truth), "final": dice(final, truth)}) + "\n")
+            out.flush()
+
+
+def markdown_table(runs: list[dict], metric: str = "dice") -> str:
+    """The README table: `metric` mean ± sd over seeds per structure, strategy, mode and budget, from runs.jsonl
+    (or rescored.jsonl) records."""
     budgets = sorted({run["K"] for run in runs})
     cells: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for run in runs:
-        cells.setdefault((run["structure"], run["strategy"], run["mode"]), {}).setdefault(run["K"], []).append(run["dice"])
+        cells.setdefault((run["structure"], run["strategy"], run["mode"]), {}).setdefault(run["K"], []).append(run[metric])
     lines = ["| structure | strategy | fine-tuning | " + " | ".join(f"K={b}" for b in budgets) + " | seeds |",
              "|---|---|---|" + "---|" * (len(budgets) + 1)]
     for (structure, strategy, mode), by_budget in cells.items():
@@ -116,6 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summarize", nargs="+", type=Path, metavar="RUNS_JSONL",
                         help="print the table of these runs.jsonl logs instead of running anything")
+    parser.add_argument("--metric", default="dice", choices=["dice", "final", "model"],
+                        help="score --summarize shows: held-out dice (default), or final / model from --rescore")
+    parser.add_argument("--rescore", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="add whole-volume scores of these runs' checkpoints (rescored.jsonl) and exit")
     parser.add_argument("--structures", default="thoracic vertebral column", help="';'-separated")
     parser.add_argument("--budgets", default="1,2,3,5")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
@@ -125,7 +170,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarize:
         print(markdown_table([json.loads(line) for path in args.summarize for line in path.read_text().splitlines()
-                              if line.strip()]))
+                              if line.strip()], args.metric))
+        return
+    if args.rescore:
+        for run_dir in args.rescore:
+            rescore(run_dir)
         return
     run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
