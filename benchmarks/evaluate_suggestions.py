@@ -85,12 +85,12 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
         raise ValueError(f"{len(slices)} slices get a validation split, so stage one's last epoch is not what a "
                          "supervised run keeps; run the modes separately for budgets this large")
     folder.mkdir(parents=True)
-    checkpoints = {"semi-supervised": folder / "ft.pt", "supervised": folder / "ft.pt"}
-    if "semi-supervised" in modes:
-        checkpoints["supervised"] = folder / "supervised.pt"
+    both = {"supervised", "semi-supervised"} <= set(modes)
+    checkpoints = {"semi-supervised": folder / "ft.pt",
+                   "supervised": folder / "supervised.pt" if both else folder / "ft.pt"}
 
     def keep_supervised(record: dict) -> None:
-        if record["stage"] == "supervised" and checkpoints["supervised"] != checkpoints["semi-supervised"]:
+        if both and record["stage"] == "supervised":
             shutil.copyfile(folder / "ft.pt", checkpoints["supervised"])
 
     with FineTuningStore.init(folder / "store") as store:
@@ -101,16 +101,21 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
                       options=FineTuneOptions(seed=seed, semi_supervised="semi-supervised" in modes))
         except InputError:  # only empty slices picked: nothing to learn from
             return {mode: held_out_dice(before, truth, slices) for mode in modes}
-    dice = {}
+    scores = {}
     for mode in modes:
         tuned = Segmenter(load_backbone(checkpoint=checkpoints[mode], for_inference=True), cache)
-        dice[mode] = held_out_dice(tuned.segment(volume, name, box=box).mask, truth, slices)
-    return dice
+        scores[mode] = held_out_dice(tuned.segment(volume, name, box=box).mask, truth, slices)
+    return scores
+
+
+def run_folder(run_dir: Path, structure: str, strategy: str, budget: int, seed: int) -> Path:
+    """Where one fine-tuning run keeps its store and checkpoints."""
+    return run_dir / f"{structure}-{strategy}-{budget}-{seed}".replace(" ", "_")
 
 
 def checkpoint_of(run_dir: Path, run: dict) -> Path | None:
     """The checkpoint a runs.jsonl record was scored with (None: nothing trained, the pretrained model)."""
-    folder = run_dir / f"{run['structure']}-{run['strategy']}-{run['K']}-{run['seed']}".replace(" ", "_")
+    folder = run_folder(run_dir, run["structure"], run["strategy"], run["K"], run["seed"])
     separate = folder / "supervised.pt"
     path = separate if run["mode"] == "supervised" and separate.exists() else folder / "ft.pt"
     return path if path.exists() else None
@@ -184,6 +189,7 @@ def main() -> None:
     pretrained = Segmenter(load_backbone(for_inference=True), cache)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    modes = args.modes.split(";")
     runs = []
     for name in args.structures.split(";"):
         truth = reference.get(name).mask
@@ -193,8 +199,7 @@ def main() -> None:
             for budget in budgets:
                 for seed in seeds:
                     slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
-                    folder = run_dir / f"{name}-{strategy}-{budget}-{seed}".replace(" ", "_")
-                    modes = args.modes.split(";")
+                    folder = run_folder(run_dir, name, strategy, budget, seed)
                     for mode, score in fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache, seed,
                                                        modes).items():
                         runs.append({"structure": name, "strategy": strategy, "mode": mode, "K": budget,

@@ -24,10 +24,10 @@ of the pseudo-mask.
 """
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 import dataclasses
 import importlib
+import json
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
