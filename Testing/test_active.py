@@ -6,13 +6,14 @@ each test decodes a few slices on cached embeddings.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from MedSegAdaptLib.active import ScoringOptions, Suggestion, suggest_from_store, suggest_slices
-from MedSegAdaptLib.active.scoring import jittered_rects, normalise, select_diverse
+from MedSegAdaptLib.active.scoring import jittered_rects, normalise, presence_weights, select_diverse
 from MedSegAdaptLib.cli import main
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
@@ -85,6 +86,17 @@ def test_diversity_spreads_picks_that_plain_ranking_bunches():
     assert all(abs(p.index - 15) > 1 for p in labeled)
 
 
+def test_presence_is_zero_beyond_the_prediction_and_rises_to_one_inside_it():
+    weights = presence_weights(range(8, 24), {10, 11, 12, 13, 14, 15, 16, 17, 18, 19}, 0.2)  # extent 10..19, band 2
+    assert weights[:2].tolist() == [0.0, 0.0] and weights[-4:].tolist() == [0.0] * 4
+    assert weights[2:7] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1])
+    assert weights[2:12].tolist() == weights[2:12][::-1].tolist()  # symmetric about the extent's middle
+    assert presence_weights(range(8, 24), {10, 19}, 0.0).tolist() == [1.0] * 16
+    assert presence_weights(range(3), set(), 0.2).tolist() == [1.0] * 3  # nothing predicted: the box is the extent
+    with pytest.raises(InputError, match="edge band 0.7 .* expected 0 to 0.5"):
+        ScoringOptions(edge_band=0.7)
+
+
 # --- real model -------------------------------------------------------------------------------------
 
 
@@ -99,8 +111,10 @@ def test_suggestions_lie_in_the_box_sorted_by_score_and_repeat_for_a_seed(sugges
     assert all(s.axis == "k" and s.case_id is None and s.image == volume.path for s in ranked)
     assert [s.score for s in ranked] == sorted((s.score for s in ranked), reverse=True)
     assert all(0 <= value <= 1 for s in ranked for value in (s.score, s.dkd, s.asd))
-    assert max(s.asd for s in ranked) == 1.0 and max(s.dkd for s in ranked) == 1.0
-    assert all(STRUCTURE in s.reason and "ASD" in s.reason and "DKD" in s.reason for s in ranked)
+    assert max(s.asd for s in ranked) == 1.0
+    assert all(s.dkd == 0.0 and s.components["embedding_distance"] == 0.0 for s in ranked)  # nothing labeled
+    assert all(STRUCTURE in s.reason and "ASD" in s.reason and "no labeled slices yet (DKD 0.00)" in s.reason
+               for s in ranked)
     again = _suggest(suggester, volume, budget=5)
     assert again == ranked and [s.components for s in again] == [s.components for s in ranked]
 
@@ -110,6 +124,20 @@ def test_a_budget_of_three_picks_no_neighbours(suggester, volume, ranked):
     assert by_total[0].index == ranked[0].index  # the first pick is the best total, the others are spread
     picked = sorted(s.index for s in _suggest(suggester, volume, box=WIDER))
     assert len(picked) == 3 and min(np.diff(picked)) > 1
+
+
+def test_slices_near_the_ends_of_the_prediction_are_weighted_down(suggester, volume):
+    weighted = {s.index: s for s in _suggest(suggester, volume, budget=7, box=WIDER)}
+    flat = {s.index: s for s in suggest_slices(suggester, volume, STRUCTURE, 7, WIDER,
+                                               options=replace(FAST, edge_band=0.0))}
+    assert sorted(weighted) == sorted(flat) == list(range(14, 21))  # the prediction fills the box's 7 slices
+    presence = {k: s.components["presence"] for k, s in weighted.items()}
+    assert presence[14] == presence[20] == pytest.approx(1 / 2.4) and presence[17] == 1.0
+    assert all(s.components["presence"] == 1.0 for s in flat.values())
+    for k, suggestion in weighted.items():
+        assert suggestion.components["total"] == pytest.approx(flat[k].components["total"] * presence[k])
+    assert "near the end of the predicted left lung (weight 0.42)" in weighted[14].reason
+    assert "near the end" not in weighted[17].reason
 
 
 def test_annotated_slices_are_skipped_and_dkd_is_lower_next_to_them(suggester, volume):
@@ -210,3 +238,5 @@ def test_cli_on_a_store_prints_a_table_and_refuses_budget_zero(shared_model, sto
     assert "budget 0" in capsys.readouterr().err
     assert main(["suggest", str(store.root), "--structure", STRUCTURE, "--budget", "1", "--case-id", "nope"]) == 2
     assert "Unknown case 'nope'" in capsys.readouterr().err
+    assert main(["suggest", str(store.root), "--structure", STRUCTURE, "--budget", "1", "--edge-band", "0.9"]) == 2
+    assert "edge band 0.9" in capsys.readouterr().err

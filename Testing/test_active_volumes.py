@@ -194,5 +194,7 @@ def test_cli_refuses_non_stores_per_case_options_and_too_few_cases(shared_model,
     store = str(one_candidate.root)
     assert main(["suggest", store, "--structure", STRUCTURE, "--budget", "2", "--volumes", "--case-id", "one"]) == 2
     assert "--case-id cannot go with --volumes" in capsys.readouterr().err
+    assert main(["suggest", store, "--structure", STRUCTURE, "--budget", "2", "--volumes", "--edge-band", "0"]) == 2
+    assert "--edge-band cannot go with --volumes" in capsys.readouterr().err
     assert main(["suggest", store, "--structure", STRUCTURE, "--budget", "2", "--volumes"]) == 2
     assert "can be ranked for 'left lung'" in capsys.readouterr().err

@@ -54,7 +54,8 @@ from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.train import FineTuneOptions, fine_tune
 
-ENTROPY_ONLY = ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0)
+ENTROPY_ONLY = ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0,
+                              edge_band=0.0)
 
 
 def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, name: str, truth: np.ndarray,

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -50,6 +51,11 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--axis", default="k", choices=AXES, help="slicing axis (default: %(default)s, axial)")
     parser.add_argument("--all-slices", action="store_true",
                         help="score every slice, not just the predicted extent +- 2 slices")
+    parser.add_argument("--edge-band", type=float, metavar="SHARE",
+                        help="share of the predicted extent at each end over which scores rise from low to full, "
+                             "slices beyond it scoring 0: labels there are small or empty and teach fine-tuning "
+                             "little (default: 0.2; 0 ranks them like any other slice, to find every slice the model "
+                             "gets wrong)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the box jitter (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -90,6 +96,8 @@ def run_suggest(args: argparse.Namespace) -> int:
     points = [Point3D.parse(text) for text in args.point_ijk]
     annotated = set(parse_slices(args.annotated).get(args.axis, [])) if args.annotated else set()
     options = ScoringOptions(all_slices=args.all_slices)
+    if args.edge_band is not None:
+        options = replace(options, edge_band=args.edge_band)
     started = time.perf_counter()
     progress = TerminalProgress()
     try:
@@ -133,7 +141,8 @@ def _run_volumes(args: argparse.Namespace, axis: int) -> int:
     budget = check_budget(args.budget, "volumes")
     given = [flag for flag, value in (("--case-id", args.case_id), ("--box-ijk", args.box_ijk),
                                       ("--point-ijk", args.point_ijk), ("--annotated", args.annotated),
-                                      ("--all-slices", args.all_slices)) if value]
+                                      ("--all-slices", args.all_slices),
+                                      ("--edge-band", args.edge_band is not None)) if value]
     if given:
         raise InputError(f"{', '.join(given)} cannot go with --volumes, which ranks every case of the store, each "
                          "prompted by its own labels; expected no per-case options")

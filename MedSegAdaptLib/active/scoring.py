@@ -13,22 +13,27 @@ formulas; the scores below are ours.
 - DKD (knowledge divergence): divergence, 1 - Dice of the adapted and the pretrained model's masks
   on the same prompt (when an adapted model is given), and embedding distance, the cosine distance of
   the slice's pooled embedding (mean over the 64x64 grid of its 256-channel embedding) to its nearest
-  labeled slice (to the candidates' mean when nothing is labeled). Each is min-max normalised over the
-  candidates; DKD = divergence_share * divergence + (1 - divergence_share) * distance, or the
+  labeled slice (0 everywhere while nothing is labeled: the distance to the candidates' mean, used
+  before, is an outlier score that picked the extreme slices first). Each is min-max normalised over
+  the candidates; DKD = divergence_share * divergence + (1 - divergence_share) * distance, or the
   distance alone.
-- Diversity: total = weight_dkd * DKD + weight_asd * ASD; slices are picked greedily, each pick
+- Presence: slice totals are scaled down towards the ends of the predicted extent (`edge_band`), and
+  slices beyond it get 0, because there the structure may not exist at all: the labels are small or
+  empty and teach box-prompted fine-tuning nothing (see :func:`presence_weights`).
+- Diversity: total = (weight_dkd * DKD + weight_asd * ASD) * presence; slices are picked greedily, each pick
   multiplying the others' totals by their separation from everything picked or labeled
   (see :func:`select_diverse`), so neighbours are not picked together.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from skimage.morphology import dilation, disk
 
+from ..errors import InputError
 from ..inference.encoder import SliceEncoder
 from ..inference.prompts import Point3D
 from ..inference.volumetric import VolumePropagator
@@ -44,6 +49,9 @@ class ScoringOptions:
         fraction of the box's width / height (0.1).
     slice_margin: candidates reach this many slices beyond the predicted extent (2), inside the 3D
         box when there is one; all_slices: every slice is a candidate instead.
+    edge_band: share of the predicted extent at each of its ends over which a slice's total rises
+        linearly from its lowest (the end slice) to full (0.2; 0: no presence weighting at all, the
+        slices beyond the extent included).
     weight_dkd, weight_asd: weights of DKD and ASD in the total (0.5, 0.5).
     divergence_share: share of the model divergence in DKD when an adapted model is given (0.5).
     diversity: strength of the separation penalty, an exponent on the separation (1.0; 0 ranks by
@@ -58,12 +66,18 @@ class ScoringOptions:
     jitter: float = 0.1
     slice_margin: int = 2
     all_slices: bool = False
+    edge_band: float = 0.2
     weight_dkd: float = 0.5
     weight_asd: float = 0.5
     divergence_share: float = 0.5
     diversity: float = 1.0
     spacing: float | None = None
     min_gap: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.edge_band <= 0.5:
+            raise InputError(f"edge band {self.edge_band!r} is not a share of the predicted extent at each end; "
+                             "expected 0 to 0.5")
 
 
 @dataclass(frozen=True)
@@ -147,9 +161,24 @@ def cosine_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def knowledge_distance(candidates: np.ndarray, labeled: np.ndarray) -> np.ndarray:
     """(N,) cosine distance of each (N, D) pooled candidate embedding to its nearest (M, D) labeled
-    one, or to the candidates' mean when M = 0."""
-    reference = labeled if len(labeled) else candidates.mean(0, keepdims=True)
-    return cosine_distances(candidates, reference).min(1)
+    one; zeros when M = 0 (nothing labeled, nothing to depart from)."""
+    if not len(labeled):
+        return np.zeros(len(candidates))
+    return cosine_distances(candidates, labeled).min(1)
+
+
+def presence_weights(indices: Sequence[int], predicted: Collection[int], edge_band: float) -> np.ndarray:
+    """(N,) weights in [0, 1] of candidate slices `indices`: 0 outside the predicted extent (the range
+    of the `predicted` slices), rising inside it as (d + 1) / (band + 1) with d the slice distance to
+    the extent's nearer end and band = edge_band * the extent's length, capped at 1. All ones for
+    edge_band 0 or nothing predicted (the 3D box is the only extent then)."""
+    indices = np.asarray(indices, dtype=np.float64)
+    if edge_band <= 0 or not predicted:
+        return np.ones(len(indices))
+    lo, hi = min(predicted), max(predicted)
+    band = edge_band * (hi - lo + 1)
+    inside = np.minimum(indices - lo, hi - indices)
+    return np.where(inside >= 0, np.minimum(1.0, (inside + 1) / (band + 1)), 0.0)
 
 
 def normalise(values: Sequence[float]) -> np.ndarray:

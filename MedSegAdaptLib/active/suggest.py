@@ -20,7 +20,7 @@ from ..inference.volumetric import VolumePropagator, clip_rect, grow_rect
 from ..io import Volume, read_volume
 from ..store import FineTuningStore, LabelVersion
 from .scoring import (ScoringOptions, SliceDecoder, combine_scores, jittered_rects, knowledge_distance, mask_dice,
-                      pooled_embeddings, select_diverse, slice_difficulty)
+                      pooled_embeddings, presence_weights, select_diverse, slice_difficulty)
 
 BOX_MARGIN_VOXELS = 2
 """Margin around a store label's bounding box when it becomes the prompt."""
@@ -156,25 +156,24 @@ def score_slices(decoder: SliceDecoder, base: SliceDecoder | None, prompts: Mapp
 
 
 def explain_scores(difficulty: str, asd: float, dkd: float, divergence_led: bool, labeled: bool, unit: str,
-                   whole: str, options: ScoringOptions) -> str:
+                   options: ScoringOptions) -> str:
     """`difficulty` (ASD's part of a reason) and DKD's part, the larger weighted contribution first; DKD is
-    read against the adapted model's divergence, the labeled `unit` ('slices') or, with nothing labeled,
-    the rest of `whole` ('the structure')."""
+    read against the adapted model's divergence or the labeled `unit` ('slices'); with neither it is 0."""
     high = dkd >= 0.5
     if divergence_led:
         knowledge = "adapted model departs from the pretrained one" if high else "adapted and pretrained models agree"
     elif labeled:
         knowledge = f"far from labeled {unit}" if high else f"close to labeled {unit}"
     else:
-        knowledge = f"unlike the rest of {whole}" if high else f"typical of {whole}"
+        knowledge = f"no labeled {unit} yet"
     pieces = [difficulty, f"{knowledge} (DKD {dkd:.2f})"]
     if options.weight_dkd * dkd > options.weight_asd * asd:
         pieces.reverse()
     return ", ".join(pieces)
 
 
-def _reason(structure: str, asd: float, dkd: float, predicted: bool, options: ScoringOptions, labeled: bool,
-            divergence_led: bool, nearest: int | None, index: int, anchors: Collection[int]) -> str:
+def _reason(structure: str, asd: float, dkd: float, predicted: bool, presence: float, options: ScoringOptions,
+            labeled: bool, divergence_led: bool, nearest: int | None, index: int, anchors: Collection[int]) -> str:
     """One line saying why a slice was suggested, its larger contribution first."""
     if not predicted:
         difficulty = f"just beyond the predicted {structure} (ASD {asd:.2f})"
@@ -182,7 +181,9 @@ def _reason(structure: str, asd: float, dkd: float, predicted: bool, options: Sc
         difficulty = f"uncertain boundary of {structure} (ASD {asd:.2f})"
     else:
         difficulty = f"fairly certain {structure} boundary (ASD {asd:.2f})"
-    line = explain_scores(difficulty, asd, dkd, divergence_led, labeled, "slices", "the structure", options)
+    line = explain_scores(difficulty, asd, dkd, divergence_led, labeled, "slices", options)
+    if presence < 1:
+        line += f"; near the end of the predicted {structure} (weight {presence:.2f})"
     if nearest is not None:
         kind = "labeled" if nearest in anchors else "suggested"
         line += f"; {abs(index - nearest)} slices from {kind} slice {nearest}"
@@ -226,13 +227,16 @@ def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget:
     asd, dkd, divergence_led, totals = combine_scores(
         [(parts[k]["entropy"] + parts[k]["disagreement"]) / 2 for k in candidates], distance,
         None if base is None else [parts[k]["divergence"] for k in candidates], options)
+    presence = presence_weights(candidates, predicted, options.edge_band)
+    totals = totals * presence
     position = {k: n for n, k in enumerate(candidates)}
     suggestions = []
     for pick in select_diverse(candidates, totals, pooled, labeled, labeled_pooled, budget, options):
         n = position[pick.index]
-        values = {**parts[pick.index], "embedding_distance": float(distance[n]), "total": float(totals[n])}
-        reason = _reason(structure, asd[n], dkd[n], pick.index in predicted, options, bool(labeled),
-                         bool(divergence_led[n]), pick.nearest, pick.index, labeled)
+        values = {**parts[pick.index], "embedding_distance": float(distance[n]), "presence": float(presence[n]),
+                  "total": float(totals[n])}
+        reason = _reason(structure, asd[n], dkd[n], pick.index in predicted, float(presence[n]), options,
+                         bool(labeled), bool(divergence_led[n]), pick.nearest, pick.index, labeled)
         suggestions.append(Suggestion(case_id, volume.path, AXIS_NAMES[axis], pick.index, pick.score, float(dkd[n]),
                                       float(asd[n]), reason, values))
     return suggestions

@@ -16,7 +16,7 @@ publishes no formulas.
   (:func:`.scoring.slice_difficulty`).
 - DKD: a volume's embedding is the mean of its predicted slices' pooled embeddings (a labeled volume's:
   over the slices of its label's extent); its embedding distance is the cosine distance to the nearest
-  labeled volume, or to the candidates' mean when none is labeled. With an adapted model, its divergence
+  labeled volume, 0 for every volume while none is labeled. With an adapted model, its divergence
   is the mean over its predicted slices of 1 - Dice(adapted, pretrained mask). Normalised over the
   candidates and combined as for slices (:func:`.scoring.combine_scores`).
 - Diversity: total = weight_dkd * DKD + weight_asd * ASD; volumes are picked greedily, each pick
@@ -149,7 +149,7 @@ def _reason(structure: str, asd: float, dkd: float, slices: int, divergence_led:
     """One line saying why a volume was suggested, its larger contribution first."""
     certainty = "uncertain" if asd >= 0.5 else "fairly certain"
     difficulty = f"{certainty} {structure} boundary on {slices} slices (ASD {asd:.2f})"
-    line = explain_scores(difficulty, asd, dkd, divergence_led, labeled, "volumes", "the cohort", options)
+    line = explain_scores(difficulty, asd, dkd, divergence_led, labeled, "volumes", options)
     if nearest is not None:
         line += f"; nearest {'labeled' if nearest_labeled else 'suggested'} volume: {nearest}"
     return line
