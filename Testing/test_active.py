@@ -65,9 +65,11 @@ def test_jittered_rects_keep_the_box_first_stay_inside_and_repeat_for_a_seed():
     assert (first[:, 2] > first[:, 0]).all() and (first[:, 3] > first[:, 1]).all()
 
 
-def test_normalise_scales_to_unit_range_and_zeroes_constant_values():
+def test_normalise_ranks_to_unit_range_so_one_extreme_value_squeezes_no_other():
     assert normalise([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
-    assert normalise([0.3, 0.3]).tolist() == [0.0, 0.0]
+    assert normalise([0.1, 0.2, 0.3, 5.0]) == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert normalise([0.1, 0.2, 0.2, 0.3]) == pytest.approx([0, 0.5, 0.5, 1])  # ties share their rank
+    assert normalise([0.3, 0.3]).tolist() == [0.0, 0.0] and normalise([0.7]).tolist() == [0.0]
 
 
 def test_diversity_spreads_picks_that_plain_ranking_bunches():

@@ -9,13 +9,14 @@ formulas; the scores below are ours.
   embedding). entropy: mean binary entropy (bits) of the mean foreground probability over the
   predicted foreground of any decode plus a `band`-pixel band around it (background far from the
   structure is left out, so its noise does not dominate); disagreement: 1 - mean pairwise Dice of
-  the decodes' masks. ASD = min-max over the candidates of (entropy + disagreement) / 2.
+  the decodes' masks. ASD = the rank over the candidates of (entropy + disagreement) / 2, scaled to
+  [0, 1] (:func:`normalise`).
 - DKD (knowledge divergence): divergence, 1 - Dice of the adapted and the pretrained model's masks
   on the same prompt (when an adapted model is given), and embedding distance, the cosine distance of
   the slice's pooled embedding (mean over the 64x64 grid of its 256-channel embedding) to its nearest
   labeled slice (0 everywhere while nothing is labeled: the distance to the candidates' mean, used
-  before, is an outlier score that picked the extreme slices first). Each is min-max normalised over
-  the candidates; DKD = divergence_share * divergence + (1 - divergence_share) * distance, or the
+  before, is an outlier score that picked the extreme slices first). Each is rank-normalised over
+  the candidates (:func:`normalise`); DKD = divergence_share * divergence + (1 - divergence_share) * distance, or the
   distance alone.
 - Presence: slice totals are scaled down towards the ends of the predicted extent (`edge_band`), and
   slices beyond it get 0, because there the structure may not exist at all: the labels are small or
@@ -182,10 +183,15 @@ def presence_weights(indices: Sequence[int], predicted: Collection[int], edge_ba
 
 
 def normalise(values: Sequence[float]) -> np.ndarray:
-    """Min-max scaling to [0, 1]; all zeros when the values do not vary."""
+    """Rank scaling to [0, 1]: (number of smaller values + half the other equal ones) / (N - 1), so the
+    smallest is 0 and the largest 1 however far one value stands out (min-max scaling let one extreme
+    slice squeeze every other into the bottom half); all zeros when the values do not vary."""
     values = np.asarray(values, dtype=np.float64)
-    spread = values.max() - values.min() if values.size else 0.0
-    return (values - values.min()) / spread if spread > 1e-12 else np.zeros_like(values)
+    if values.size < 2 or values.max() - values.min() <= 1e-12:
+        return np.zeros_like(values)
+    smaller = (values[None, :] < values[:, None]).sum(1)
+    equal = (values[None, :] == values[:, None]).sum(1) - 1
+    return (smaller + equal / 2) / (values.size - 1)
 
 
 def combine_scores(difficulty: Sequence[float], distance: Sequence[float], divergence: Sequence[float] | None,
