@@ -27,6 +27,7 @@ from slicer.util import VTKObservationMixin
 logger = logging.getLogger("MedSegAdapt")
 
 DEVICES = ["auto", "cpu", "cuda"]
+RANKING_PURPOSE_NAMES = ["training", "correction"]  # the keys of MedSegAdaptLib.active.scoring.RANKING_PURPOSES
 SETTINGS_PREFIX = "MedSegAdapt/"
 
 #: What MedSegAdaptLib needs, as (import name, pip requirement, why this minimum version).
@@ -90,6 +91,7 @@ class MedSegAdaptParameterNode:
     annotator: str = ""
     annotatedSlices: str = ""
     budget: int = 5
+    rankFor: Annotated[str, Choice(RANKING_PURPOSE_NAMES)] = "training"
     epochs: int = 10
     priors: str = ""
     semiSupervised: bool = False
@@ -624,7 +626,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             request = core.prepare_suggestion(node.inputVolume, self.ui.structureComboBox.currentText, node.budget,
                                               node.storePath, node.caseId, node.roi, node.points,
-                                              node.backgroundPoints)
+                                              node.backgroundPoints, purpose=node.rankFor)
         except Exception as error:
             self._showError("Cannot suggest slices", error, self.ui.suggestStatusLabel)
             return

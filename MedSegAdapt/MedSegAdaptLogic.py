@@ -581,7 +581,8 @@ class SuggestionRequest:
     """What suggesting slices needs, taken from the scene on the main thread.
 
     store_path / case_id: the fine-tuning store and the volume's case there, whose annotated slices
-    are skipped; axis: 'i', 'j' or 'k'.
+    are skipped; axis: 'i', 'j' or 'k'; purpose: what the slices are ranked for, a key of
+    ``RANKING_PURPOSES`` ('training': labels that teach most; 'correction': where the model is most wrong).
     """
 
     volume: Volume
@@ -592,6 +593,7 @@ class SuggestionRequest:
     store_path: str | None = None
     case_id: str | None = None
     axis: str = "k"
+    purpose: str = "training"
 
 
 class MedSegAdaptLogic:
@@ -719,8 +721,10 @@ class MedSegAdaptLogic:
 
     def prepare_suggestion(self, volume_node, structure: str, budget: int, store_path: str | None = None,
                            case_id: str | None = None, roi_node=None, points_node=None,
-                           background_points_node=None, axis: str = "k") -> SuggestionRequest:
+                           background_points_node=None, axis: str = "k",
+                           purpose: str = "training") -> SuggestionRequest:
         """Read what suggesting slices needs out of the scene. Main thread."""
+        from MedSegAdaptLib.active.scoring import RANKING_PURPOSES
         from MedSegAdaptLib.active.suggest import check_budget
 
         if volume_node is None:
@@ -729,11 +733,13 @@ class MedSegAdaptLogic:
         if not structure:
             raise InputError("No structure given; expected a structure name such as 'left lung'")
         budget = check_budget(budget)
+        if purpose not in RANKING_PURPOSES:
+            raise InputError(f"Cannot rank slices for {purpose!r}; expected one of {', '.join(RANKING_PURPOSES)}")
         axis = AXIS_NAMES[axis_number(axis)]
         volume = volume_from_node(volume_node)
         box, points = _prompts(volume_node, roi_node, points_node, background_points_node)
         return SuggestionRequest(volume, structure, budget, box, points, str(store_path or "").strip() or None,
-                                 str(case_id or "").strip() or None, axis)
+                                 str(case_id or "").strip() or None, axis, purpose)
 
     def run_suggestion(self, request: SuggestionRequest, progress: ProgressCallback | None = None) -> list:
         """Up to ``request.budget`` slices to annotate next, best first (``Suggestion``s). Any thread.
@@ -744,12 +750,15 @@ class MedSegAdaptLogic:
         annotated and the volume itself is scored.
         """
         from MedSegAdaptLib.active import suggest_from_store, suggest_slices
+        from MedSegAdaptLib.active.scoring import RANKING_PURPOSES
 
         axis = axis_number(request.axis)
+        options = RANKING_PURPOSES[request.purpose]
         case_id = _existing_case(request.store_path, request.case_id)
         if case_id is None:
             return suggest_slices(self.segmenter(), request.volume, request.structure, request.budget, request.box,
-                                  request.points, axis=axis, case_id=request.case_id, progress=progress)
+                                  request.points, axis=axis, options=options, case_id=request.case_id,
+                                  progress=progress)
         with _open_store(request.store_path) as store:
             case = store.case(case_id)
             if not case.geometry.matches(request.volume.geometry):
@@ -757,11 +766,11 @@ class MedSegAdaptLogic:
                                  f"{case.geometry.describe_mismatch(request.volume.geometry)}; "
                                  "expected the case's own image, or another case id")
             return suggest_from_store(store, case_id, request.structure, request.budget, self.segmenter(),
-                                      request.box, request.points, axis=axis, progress=progress)
+                                      request.box, request.points, axis=axis, options=options, progress=progress)
 
     def suggest(self, volume_node, structure: str, budget: int, store_path: str | None = None,
                 case_id: str | None = None, roi_node=None, progress: ProgressCallback | None = None,
-                points_node=None, background_points_node=None, axis: str = "k") -> list:
+                points_node=None, background_points_node=None, axis: str = "k", purpose: str = "training") -> list:
         """Up to ``budget`` slices of the volume to annotate next for ``structure``, best first, each a
         ``Suggestion`` with its score, DKD, ASD and reason; see :meth:`run_suggestion`.
 
@@ -770,7 +779,7 @@ class MedSegAdaptLogic:
         :func:`slice_position_ras`.
         """
         request = self.prepare_suggestion(volume_node, structure, budget, store_path, case_id, roi_node, points_node,
-                                          background_points_node, axis)
+                                          background_points_node, axis, purpose)
         return self.run_suggestion(request, progress)
 
     # fine-tuning

@@ -107,6 +107,14 @@ def parameter_fields() -> set[str]:
     raise AssertionError(f"no @parameterNodeWrapper class in {MODULE_FILE.name}")
 
 
+def test_the_rank_for_choices_are_the_library_ranking_purposes():
+    from MedSegAdaptLib.active.scoring import RANKING_PURPOSES
+
+    assignment = next(node for node in ast.parse(MODULE_FILE.read_text()).body if isinstance(node, ast.Assign)
+                      and getattr(node.targets[0], "id", None) == "RANKING_PURPOSE_NAMES")
+    assert ast.literal_eval(assignment.value) == list(RANKING_PURPOSES)
+
+
 def test_slicer_parameter_names_in_ui_are_parameter_node_fields():
     fields = parameter_fields()
     bound = [p.findtext("string") for p in ui_tree().iter("property") if p.get("name") == "SlicerParameterName"]

@@ -382,11 +382,13 @@ def test_prepare_suggestion_checks_its_inputs(volume_node):
         logic.prepare_suggestion(volume_node, "left lung", 0)
     with pytest.raises(InputError, match="axis 'x'"):
         logic.prepare_suggestion(volume_node, "left lung", 3, axis="x")
+    with pytest.raises(InputError, match="Cannot rank slices for 'speed'; expected one of training, correction"):
+        logic.prepare_suggestion(volume_node, "left lung", 3, purpose="speed")
     roi = roi_from_box(LEFT_LUNG_BOX, volume_node)
     request = logic.prepare_suggestion(volume_node, " Left lung ", 4, store_path="  ", case_id="", roi_node=roi,
                                        axis=2)
-    assert (request.structure, request.budget, request.store_path, request.case_id, request.axis) == (
-        "Left lung", 4, None, None, "k")
+    assert (request.structure, request.budget, request.store_path, request.case_id, request.axis,
+            request.purpose) == ("Left lung", 4, None, None, "k", "training")
     assert request.box == LEFT_LUNG_BOX and request.points == []
     np.testing.assert_array_equal(request.volume.array, volume_from_node(volume_node).array)
 
@@ -422,6 +424,11 @@ def test_suggest_from_an_roi_ranks_slices_of_the_box(tmp_path, logic, volume_nod
     assert [s.score for s in suggestions] == sorted((s.score for s in suggestions), reverse=True)
     assert "scoring slices" in stages
     assert not any(new_store.iterdir()), "suggesting must not create a store"
+    # For correction, the ends of the prediction count in full: the box's end slices 15 and 19 lose no weight.
+    ends = {s.index: s for s in logic.suggest(volume_node, "left lung", 5, roi_node=roi, purpose="correction")}
+    assert all(s.components["presence"] == 1.0 for s in ends.values())
+    weighted = {s.index: s for s in logic.suggest(volume_node, "left lung", 5, roi_node=roi)}
+    assert weighted[15].components["presence"] < 1.0 and weighted[19].components["presence"] < 1.0
 
 
 @pytest.mark.slow

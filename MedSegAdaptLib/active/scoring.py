@@ -81,6 +81,13 @@ class ScoringOptions:
                              "expected 0 to 0.5")
 
 
+RANKING_PURPOSES: dict[str, ScoringOptions] = {
+    "training": ScoringOptions(),  # slices whose labels teach fine-tuning most: ends of the prediction weighted down
+    "correction": ScoringOptions(edge_band=0.0),  # slices the model gets most wrong, its ends and beyond included
+}
+"""What suggestions rank slices for, and the scoring options that do it."""
+
+
 @dataclass(frozen=True)
 class Pick:
     """One greedy pick: the slice, its total after the diversity penalty and the nearest slice
