@@ -30,7 +30,7 @@ BOX_MARGIN_VOXELS = 2
 class Suggestion:
     """One slice to annotate: axis is 'i', 'j' or 'k'; score (the total after the diversity penalty),
     dkd and asd in [0, 1]; components: the raw parts (entropy, disagreement, divergence,
-    embedding_distance, total, foreground_pixels)."""
+    embedding_distance, presence, total, foreground_pixels)."""
 
     case_id: str | None
     image: str | None
