@@ -582,7 +582,8 @@ class SuggestionRequest:
 
     store_path / case_id: the fine-tuning store and the volume's case there, whose annotated slices
     are skipped; axis: 'i', 'j' or 'k'; purpose: what the slices are ranked for, a key of
-    ``RANKING_PURPOSES`` ('training': labels that teach most; 'correction': where the model is most wrong).
+    ``RANKING_PURPOSES`` ('training': labels that teach most, spread over the structure; 'correction': where the
+    model is most wrong).
     """
 
     volume: Volume
@@ -724,7 +725,7 @@ class MedSegAdaptLogic:
                            background_points_node=None, axis: str = "k",
                            purpose: str = "training") -> SuggestionRequest:
         """Read what suggesting slices needs out of the scene. Main thread."""
-        from MedSegAdaptLib.active.scoring import RANKING_PURPOSES
+        from MedSegAdaptLib.active.options import RANKING_PURPOSES
         from MedSegAdaptLib.active.suggest import check_budget
 
         if volume_node is None:
@@ -750,7 +751,7 @@ class MedSegAdaptLogic:
         annotated and the volume itself is scored.
         """
         from MedSegAdaptLib.active import suggest_from_store, suggest_slices
-        from MedSegAdaptLib.active.scoring import RANKING_PURPOSES
+        from MedSegAdaptLib.active.options import RANKING_PURPOSES
 
         axis = axis_number(request.axis)
         options = RANKING_PURPOSES[request.purpose]

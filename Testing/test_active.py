@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from MedSegAdaptLib.active import ScoringOptions, Suggestion, suggest_from_store, suggest_slices
-from MedSegAdaptLib.active.scoring import jittered_rects, normalise, presence_weights, select_diverse
+from MedSegAdaptLib.active.scoring import (coverage_targets, jittered_rects, normalise, presence_weights, select_covering,
+                                          select_diverse)
 from MedSegAdaptLib.cli import main
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.loop_demo import uniform_slices
 from MedSegAdaptLib.store import FineTuningStore
 
 STRUCTURE = "left lung"
@@ -99,6 +101,41 @@ def test_presence_is_zero_beyond_the_prediction_and_rises_to_one_inside_it():
         ScoringOptions(edge_band=0.7)
 
 
+def test_coverage_targets_are_uniform_spacing_and_fill_the_widest_unlabeled_stretch():
+    mask = np.zeros((2, 2, 34), bool)
+    mask[:, :, 9:30] = True  # extent 9..29
+    for budget in (1, 2, 3, 5):
+        targets = coverage_targets((9, 29), [], budget)
+        assert [round(t.position) for t in targets] == uniform_slices(mask, budget)
+        assert all(t.start == 9 and t.end == 29 and t.spacing == pytest.approx(20 / (budget + 1)) for t in targets)
+    assert [t.position for t in coverage_targets((9, 29), [19], 2)] == [14, 24]  # one per half
+    halves = coverage_targets((9, 29), [19], 3)  # the lower half gets the odd one
+    assert [round(t.position, 2) for t in halves] == [12.33, 15.67, 24]
+    assert [(t.start, t.end) for t in halves] == [(9, 19), (9, 19), (19, 29)]
+    late = coverage_targets((9, 29), [12], 2)  # the long stretch 12..29 takes both
+    assert [round(t.position, 2) for t in late] == [17.67, 23.33] and late[0].start == 12
+    assert [t.position for t in coverage_targets((9, 29), [3, 40], 1)] == [19]  # labels outside the extent
+
+
+def test_covering_takes_the_best_total_near_each_target_and_never_a_labeled_slice():
+    indices = list(range(9, 30))
+    totals = np.full(21, 0.2)
+    totals[[10 - 9, 21 - 9, 26 - 9]] = [1.0, 0.6, 0.5]  # 10: the best, far from any target
+    picks = select_covering(indices, totals, (9, 29), [], 1, 0.25)  # target 19, reach 2.5
+    assert [(p.index, p.score, p.target.position) for p in picks] == [(21, 0.6, 19)]
+    assert [p.index for p in select_covering(indices, totals, (9, 29), [], 1, 0.0)] == [19]  # reach 0.5
+    two = select_covering(indices, totals, (9, 29), [], 2, 0.25)  # targets 15.67 and 22.33, reach 1.67
+    assert [p.index for p in two] == [21, 16]  # best total first; 16: the equal totals' nearest to 15.67
+    assert two[0].nearest == 16 and two[1].nearest is None  # targets are filled lowest first
+    labeled = select_covering([k for k in indices if k != 21], np.delete(totals, 21 - 9), (9, 29), [21], 1, 0.25)
+    assert [p.index for p in labeled] == [15] and labeled[0].nearest == 21  # the wide stretch 9..21, target 15
+    gap = select_covering([9, 10, 26, 27, 28], [0.1, 0.9, 0.2, 0.3, 0.4], (9, 29), [], 1, 0.25)
+    assert [p.index for p in gap] == [26]  # nothing within reach of 19: the nearest candidate, not the best
+    assert len(select_covering([9, 10], [0.1, 0.2], (9, 29), [], 5, 0.25)) == 2
+    with pytest.raises(InputError, match="coverage window 0.6 .* expected 0 to 0.5"):
+        ScoringOptions(coverage_window=0.6)
+
+
 # --- real model -------------------------------------------------------------------------------------
 
 
@@ -121,10 +158,22 @@ def test_suggestions_lie_in_the_box_sorted_by_score_and_repeat_for_a_seed(sugges
     assert again == ranked and [s.components for s in again] == [s.components for s in ranked]
 
 
-def test_a_budget_of_three_picks_no_neighbours(suggester, volume, ranked):
-    by_total = sorted(ranked, key=lambda s: -s.components["total"])
-    assert by_total[0].index == ranked[0].index  # the first pick is the best total, the others are spread
-    picked = sorted(s.index for s in _suggest(suggester, volume, box=WIDER))
+def test_picks_aim_at_evenly_spaced_targets_of_the_box(suggester, volume):
+    spread = _suggest(suggester, volume, budget=2, box=WIDER)  # box k 14..20: targets 16 and 18
+    assert sorted(s.index for s in spread) == [16, 18]
+    assert all("spreading labels between slices 14 and 20" in s.reason for s in spread)
+    around = _suggest(suggester, volume, budget=2, box=WIDER, annotated={17})  # targets 15.5 and 18.5
+    by_index = {s.index: s for s in around}
+    assert len(around) == 2 and len(set(by_index) & {15, 16}) == 1 and len(set(by_index) & {18, 19}) == 1
+    for s in around:  # each is the better total of the two slices around its target
+        assert "between slices 14 and 17" in s.reason or "between slices 17 and 20" in s.reason
+
+
+def test_greedy_picks_for_correction_take_the_best_total_and_no_neighbours(suggester, volume, ranked):
+    greedy = replace(FAST, coverage_window=None)
+    first = suggest_slices(suggester, volume, STRUCTURE, 1, BOX, options=greedy)
+    assert first[0].index == max(ranked, key=lambda s: s.components["total"]).index
+    picked = sorted(s.index for s in suggest_slices(suggester, volume, STRUCTURE, 3, WIDER, options=greedy))
     assert len(picked) == 3 and min(np.diff(picked)) > 1
 
 
@@ -230,6 +279,21 @@ def test_cli_prints_json_with_the_documented_keys(shared_model, volume, capsys):
     assert code == 0 and len(rows) == 2
     assert all(KEYS <= set(row) for row in rows)
     assert all(row["axis"] == "k" and row["index"] != 16 and 15 <= row["index"] <= 19 for row in rows)
+
+
+def test_cli_ranks_for_correction_greedily_and_for_training_by_coverage(shared_model, volume, capsys):
+    ranked = {}
+    for purpose in ("training", "correction"):
+        assert main(["suggest", volume.path, "--structure", STRUCTURE, "--budget", "2", "--box-ijk", str(WIDER),
+                     "--rank-for", purpose, "--json"]) == 0
+        ranked[purpose] = json.loads(capsys.readouterr().out)
+    assert sorted(row["index"] for row in ranked["training"]) == [16, 18]  # the evenly spaced targets
+    assert all("spreading labels" in row["reason"] for row in ranked["training"])
+    assert not any("spreading labels" in row["reason"] for row in ranked["correction"])
+    assert all(row["components"]["presence"] == 1.0 for row in ranked["correction"])  # ends not weighted down
+    assert main(["suggest", volume.path, "--structure", STRUCTURE, "--budget", "1", "--box-ijk", str(WIDER),
+                 "--coverage-window", "0.7"]) == 2
+    assert "coverage window 0.7" in capsys.readouterr().err
 
 
 def test_cli_on_a_store_prints_a_table_and_refuses_budget_zero(shared_model, store, capsys):

@@ -196,5 +196,8 @@ def test_cli_refuses_non_stores_per_case_options_and_too_few_cases(shared_model,
     assert "--case-id cannot go with --volumes" in capsys.readouterr().err
     assert main(["suggest", store, "--structure", STRUCTURE, "--budget", "2", "--volumes", "--edge-band", "0"]) == 2
     assert "--edge-band cannot go with --volumes" in capsys.readouterr().err
+    assert main(["suggest", store, "--structure", STRUCTURE, "--budget", "2", "--volumes", "--rank-for",
+                 "correction", "--coverage-window", "0"]) == 2
+    assert "--coverage-window, --rank-for correction cannot go with --volumes" in capsys.readouterr().err
     assert main(["suggest", store, "--structure", STRUCTURE, "--budget", "2", "--volumes"]) == 2
     assert "can be ranked for 'left lung'" in capsys.readouterr().err

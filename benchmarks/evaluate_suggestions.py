@@ -8,29 +8,28 @@ strategies' slices and seeds the fine-tuning). Each run is done twice: supervise
 only, and with selective semi-supervision (`finetune --semi-supervised`: confident pseudo-labels of
 unpicked slices close to picked ones join training). Strategies:
 
-- suggest: `medsegadapt suggest` with the pretrained model and the reference box (DKD + ASD + diversity);
-- entropy only: ranked by foreground/boundary entropy alone (no disagreement, no DKD, no diversity);
-- uniform: evenly spaced inside the structure's reference extent (what the demo uses);
+- suggest: `medsegadapt suggest` with the pretrained model and the reference box (DKD + ASD + presence,
+  picks spread over the box's slices, each the best score near its evenly spaced target);
+- coverage only: the same targets taken as they are (coverage_window 0), so scores only break ties;
+- entropy only: ranked by foreground/boundary entropy alone (no disagreement, no DKD, no coverage or diversity);
+- uniform: evenly spaced inside the structure's reference extent (an oracle: it reads the reference mask);
 - foreground-aware random: random slices that contain the structure (nnActive's strong baseline);
 - random: random slices of the 3D box's range (a slice without the structure trains nothing).
 
     python benchmarks/evaluate_suggestions.py [--structures "thoracic vertebral column"] [--budgets 1,2,3,5]
         [--seeds 0,1,2] [--strategies "suggest;uniform"] [--modes "supervised;semi-supervised"]
-        [--output-dir out/suggestions]
-    python benchmarks/evaluate_suggestions.py --summarize out/suggestions/run-*/runs.jsonl
+        [--output-dir out/suggestions] [--keep-checkpoints]
+    python benchmarks/evaluate_suggestions.py --summarize out/suggestions/run-*/runs.jsonl [--metric model]
 
 Every run is appended to runs.jsonl as it finishes; --summarize turns one or more such logs (e.g. of
 runs split over several processes by strategy or structure) into the table.
 
-Held-out Dice scores each strategy on its own slices (the ones it did not pick), so a strategy that
-picks the slices where the model is worst also removes them from its score. --rescore RUN_DIR
-re-segments with each run's saved checkpoint and adds two scores on the same whole volume for every
-strategy: "final" (the prediction with the picked slices replaced by their reference masks, what the
-annotator ends up with) and "model" (the fine-tuned model's prediction alone); --metric picks the
-score --summarize shows.
-
-    python benchmarks/evaluate_suggestions.py --rescore out/suggestions/run-*
-    python benchmarks/evaluate_suggestions.py --summarize out/suggestions/run-*/rescored.jsonl --metric final
+Three scores per run. "dice" is held-out Dice, on the slices the strategy did not pick, so a strategy that
+picks the slices where the model is worst also removes them from its score. "model" (the fine-tuned
+model's prediction alone) and "final" (that prediction with the picked slices replaced by their reference
+masks, what the annotator ends up with) are Dice on the whole volume, the same for every strategy;
+--metric picks the score --summarize shows. Checkpoints (87 MB each) are deleted once scored unless
+--keep-checkpoints.
 """
 from __future__ import annotations
 
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from MedSegAdaptLib.active.scoring import ScoringOptions
+from MedSegAdaptLib.active.options import ScoringOptions
 from MedSegAdaptLib.active.suggest import suggest_slices
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import dice
@@ -55,7 +54,8 @@ from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.train import FineTuneOptions, fine_tune
 
 ENTROPY_ONLY = ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0,
-                              edge_band=0.0)
+                              edge_band=0.0, coverage_window=None)
+COVERAGE_ONLY = ScoringOptions(coverage_window=0.0)
 
 
 def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, name: str, truth: np.ndarray,
@@ -64,9 +64,9 @@ def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, na
     rng = np.random.default_rng(seed)
     if strategy == "suggest":
         return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed)]
-    if strategy == "entropy only":
-        return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed,
-                                                options=ENTROPY_ONLY)]
+    if strategy in ("entropy only", "coverage only"):
+        options = ENTROPY_ONLY if strategy == "entropy only" else COVERAGE_ONLY
+        return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed, options=options)]
     if strategy == "uniform":
         return uniform_slices(truth, budget)
     if strategy == "foreground-aware random":
@@ -76,9 +76,18 @@ def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, na
     return sorted(int(k) for k in rng.choice(np.arange(lo, hi + 1), budget, replace=False))
 
 
-def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box3D, slices: list[int],
-                    before: np.ndarray, cache: EmbeddingCache, seed: int, modes: list[str]) -> dict[str, float]:
-    """Held-out Dice after fine-tuning on `slices`, per mode (the pretrained result when they hold no
+def scores(prediction: np.ndarray, truth: np.ndarray, slices: list[int]) -> dict[str, float]:
+    """The three scores of one run (module docstring): held-out 'dice', whole-volume 'model' and 'final'."""
+    final = prediction.copy()
+    final[:, :, slices] = truth[:, :, slices]
+    return {"dice": held_out_dice(prediction, truth, slices), "model": dice(prediction, truth),
+            "final": dice(final, truth)}
+
+
+def fine_tuned_scores(folder: Path, volume, name: str, truth: np.ndarray, box: Box3D, slices: list[int],
+                      before: np.ndarray, cache: EmbeddingCache, seed: int, modes: list[str],
+                      keep_checkpoints: bool) -> dict[str, dict[str, float]]:
+    """{mode: scores} after fine-tuning on `slices` (the pretrained prediction `before` when they hold no
     foreground). With both modes, one semi-supervised run gives both: its first stage is the supervised
     run (same seed, same batches), whose checkpoint is copied as that stage ends; these budgets are
     below `min_slices_for_validation`, so the last epoch is the one a supervised run keeps."""
@@ -101,46 +110,20 @@ def fine_tuned_dice(folder: Path, volume, name: str, truth: np.ndarray, box: Box
             fine_tune(store, folder / "ft.pt", cache=cache, on_epoch=keep_supervised,
                       options=FineTuneOptions(seed=seed, semi_supervised="semi-supervised" in modes))
         except InputError:  # only empty slices picked: nothing to learn from
-            return {mode: held_out_dice(before, truth, slices) for mode in modes}
-    scores = {}
+            return {mode: scores(before, truth, slices) for mode in modes}
+    results = {}
     for mode in modes:
         tuned = Segmenter(load_backbone(checkpoint=checkpoints[mode], for_inference=True), cache)
-        scores[mode] = held_out_dice(tuned.segment(volume, name, box=box).mask, truth, slices)
-    return scores
+        results[mode] = scores(tuned.segment(volume, name, box=box).mask, truth, slices)
+    if not keep_checkpoints:
+        for checkpoint in set(checkpoints.values()):
+            checkpoint.unlink()
+    return results
 
 
 def run_folder(run_dir: Path, structure: str, strategy: str, budget: int, seed: int) -> Path:
     """Where one fine-tuning run keeps its store and checkpoints."""
     return run_dir / f"{structure}-{strategy}-{budget}-{seed}".replace(" ", "_")
-
-
-def checkpoint_of(run_dir: Path, run: dict) -> Path | None:
-    """The checkpoint a runs.jsonl record was scored with (None: nothing trained, the pretrained model)."""
-    folder = run_folder(run_dir, run["structure"], run["strategy"], run["K"], run["seed"])
-    separate = folder / "supervised.pt"
-    path = separate if run["mode"] == "supervised" and separate.exists() else folder / "ft.pt"
-    return path if path.exists() else None
-
-
-def rescore(run_dir: Path) -> None:
-    """Write run_dir/rescored.jsonl: each record of runs.jsonl with 'final' and 'model' whole-volume Dice."""
-    volume = read_volume(ctchest4_volume_path())
-    reference = read_segmentation(ctchest4_segmentation_path())
-    cache = EmbeddingCache()
-    predictions: dict[tuple, np.ndarray] = {}
-    with open(run_dir / "rescored.jsonl", "w") as out:
-        for line in (run_dir / "runs.jsonl").read_text().splitlines():
-            run = json.loads(line)
-            truth = reference.get(run["structure"]).mask
-            checkpoint = checkpoint_of(run_dir, run)
-            key = (run["structure"], checkpoint)
-            if key not in predictions:
-                segmenter = Segmenter(load_backbone(checkpoint=checkpoint, for_inference=True), cache)
-                predictions[key] = segmenter.segment(volume, run["structure"], box=Box3D.around(truth, 2)).mask
-            final = predictions[key].copy()
-            final[:, :, run["slices"]] = truth[:, :, run["slices"]]
-            out.write(json.dumps({**run, "model": dice(predictions[key], truth), "final": dice(final, truth)}) + "\n")
-            out.flush()
 
 
 def markdown_table(runs: list[dict], metric: str = "dice") -> str:
@@ -164,23 +147,19 @@ def main() -> None:
     parser.add_argument("--summarize", nargs="+", type=Path, metavar="RUNS_JSONL",
                         help="print the table of these runs.jsonl logs instead of running anything")
     parser.add_argument("--metric", default="dice", choices=["dice", "final", "model"],
-                        help="score --summarize shows: held-out dice (default), or final / model from --rescore")
-    parser.add_argument("--rescore", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="add whole-volume scores of these runs' checkpoints (rescored.jsonl) and exit")
+                        help="score --summarize shows: held-out dice (default), or whole-volume final / model")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's fine-tuned checkpoints")
     parser.add_argument("--structures", default="thoracic vertebral column", help="';'-separated")
     parser.add_argument("--budgets", default="1,2,3,5")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
-    parser.add_argument("--strategies", default="suggest;entropy only;uniform;foreground-aware random;random")
+    parser.add_argument("--strategies",
+                        default="suggest;coverage only;entropy only;uniform;foreground-aware random;random")
     parser.add_argument("--modes", default="supervised;semi-supervised")
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()
     if args.summarize:
         print(markdown_table([json.loads(line) for path in args.summarize for line in path.read_text().splitlines()
                               if line.strip()], args.metric))
-        return
-    if args.rescore:
-        for run_dir in args.rescore:
-            rescore(run_dir)
         return
     run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
@@ -201,10 +180,10 @@ def main() -> None:
                 for seed in seeds:
                     slices = pick(strategy, budget, seed, pretrained, volume, name, truth, box)
                     folder = run_folder(run_dir, name, strategy, budget, seed)
-                    for mode, score in fine_tuned_dice(folder, volume, name, truth, box, slices, before, cache, seed,
-                                                       modes).items():
+                    for mode, result in fine_tuned_scores(folder, volume, name, truth, box, slices, before, cache,
+                                                          seed, modes, args.keep_checkpoints).items():
                         runs.append({"structure": name, "strategy": strategy, "mode": mode, "K": budget,
-                                     "seed": seed, "slices": slices, "dice": score})
+                                     "seed": seed, "slices": slices, **result})
                         print(json.dumps(runs[-1]), flush=True)
                         with open(run_dir / "runs.jsonl", "a") as log:  # each run, in case a long run is cut short
                             log.write(json.dumps(runs[-1]) + "\n")

@@ -10,7 +10,7 @@ from ..lazy_exports import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "CohortVolume": "volumes",
-    "ScoringOptions": "scoring",
+    "ScoringOptions": "options",
     "Suggestion": "suggest",
     "VolumeRanking": "volumes",
     "VolumeSuggestion": "volumes",

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
+from .options import RANKING_PURPOSES
 
 AXES = ("i", "j", "k")
 
@@ -28,7 +29,8 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "(ASD: uncertainty over the foreground and its boundary band, and disagreement under jittered "
                     "boxes) and how far it is from what the model knows (DKD: distance of its embedding from the "
                     "labeled slices and, with a fine-tuned --checkpoint, divergence from the pretrained model), "
-                    "then pick a spread-out set. Our adaptation of ASSFT's active learning (the paper gives no "
+                    "then spread the picks over the structure's slices, each the best score near an evenly spaced "
+                    "target (ranking for correction: the best scores, kept apart). Our adaptation of ASSFT's active learning (the paper gives no "
                     "formulas). Slices already annotated are never suggested. With --volumes, rank the cases of a "
                     "store instead: whole volumes to annotate next, scored by the mean ASD over their predicted "
                     "slices and the DKD of their mean embedding from the volumes annotated in full, which are "
@@ -51,11 +53,18 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--axis", default="k", choices=AXES, help="slicing axis (default: %(default)s, axial)")
     parser.add_argument("--all-slices", action="store_true",
                         help="score every slice, not just the predicted extent +- 2 slices")
+    parser.add_argument("--rank-for", default="training", choices=list(RANKING_PURPOSES),
+                        help="training: slices whose labels teach fine-tuning most, spread over the structure; "
+                             "correction: the slices the model gets most wrong, wherever they are, ends included "
+                             "(default: %(default)s)")
+    parser.add_argument("--coverage-window", type=float, metavar="SHARE",
+                        help="how far a pick may move from its evenly spaced target to a better-scoring slice, as a "
+                             "share of the targets' spacing, 0 to 0.5 (default: 0.25; 0 keeps the targets)")
     parser.add_argument("--edge-band", type=float, metavar="SHARE",
                         help="share of the predicted extent at each end over which scores rise from low to full, "
                              "slices beyond it scoring 0: labels there are small or empty and teach fine-tuning "
                              "little (default: 0.2; 0 ranks them like any other slice, to find every slice the model "
-                             "gets wrong)")
+                             "gets wrong; default with --rank-for correction: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the box jitter (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -85,7 +94,6 @@ def run_suggest(args: argparse.Namespace) -> int:
     from ..progress import TerminalProgress
     from ..store import FineTuningStore, parse_slices
     from ..store.layout import MANIFEST_NAME
-    from .scoring import ScoringOptions
     from .suggest import check_budget, suggest_from_store, suggest_slices
 
     axis = AXES.index(args.axis)
@@ -95,9 +103,11 @@ def run_suggest(args: argparse.Namespace) -> int:
     box = Box3D.parse(args.box_ijk) if args.box_ijk else None
     points = [Point3D.parse(text) for text in args.point_ijk]
     annotated = set(parse_slices(args.annotated).get(args.axis, [])) if args.annotated else set()
-    options = ScoringOptions(all_slices=args.all_slices)
+    options = replace(RANKING_PURPOSES[args.rank_for], all_slices=args.all_slices)
     if args.edge_band is not None:
         options = replace(options, edge_band=args.edge_band)
+    if args.coverage_window is not None:
+        options = replace(options, coverage_window=args.coverage_window)
     started = time.perf_counter()
     progress = TerminalProgress()
     try:
@@ -142,7 +152,9 @@ def _run_volumes(args: argparse.Namespace, axis: int) -> int:
     given = [flag for flag, value in (("--case-id", args.case_id), ("--box-ijk", args.box_ijk),
                                       ("--point-ijk", args.point_ijk), ("--annotated", args.annotated),
                                       ("--all-slices", args.all_slices),
-                                      ("--edge-band", args.edge_band is not None)) if value]
+                                      ("--edge-band", args.edge_band is not None),
+                                      ("--coverage-window", args.coverage_window is not None),
+                                      ("--rank-for correction", args.rank_for != "training")) if value]
     if given:
         raise InputError(f"{', '.join(given)} cannot go with --volumes, which ranks every case of the store, each "
                          "prompted by its own labels; expected no per-case options")

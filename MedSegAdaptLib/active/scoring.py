@@ -21,8 +21,13 @@ formulas; the scores below are ours.
 - Presence: slice totals are scaled down towards the ends of the predicted extent (`edge_band`), and
   slices beyond it get 0, because there the structure may not exist at all: the labels are small or
   empty and teach box-prompted fine-tuning nothing (see :func:`presence_weights`).
-- Diversity: total = (weight_dkd * DKD + weight_asd * ASD) * presence; slices are picked greedily, each pick
-  multiplying the others' totals by their separation from everything picked or labeled
+- Selection, coverage first (`coverage_window`, the default): total = (weight_dkd * DKD + weight_asd *
+  ASD) * presence; the budget is spread over the unlabeled stretches of the predicted extent as evenly
+  spaced target slices, and each pick is the best total near its target (see :func:`coverage_targets`,
+  :func:`select_covering`). Picking by total alone put every label in the few hardest slices and
+  trained worse than evenly spaced labels (README, ASSFT).
+- Selection, greedy (`coverage_window` None, ranking for correction): slices are picked by total, each
+  pick multiplying the others' totals by their separation from everything picked or labeled
   (see :func:`select_diverse`), so neighbours are not picked together.
 """
 from __future__ import annotations
@@ -34,68 +39,34 @@ import numpy as np
 import torch
 from skimage.morphology import dilation, disk
 
-from ..errors import InputError
 from ..inference.encoder import SliceEncoder
 from ..inference.prompts import Point3D
 from ..inference.volumetric import VolumePropagator
+from .options import ScoringOptions
 
 
 @dataclass(frozen=True)
-class ScoringOptions:
-    """How candidate slices are scored and picked; the defaults are what `suggest` uses.
+class CoverageTarget:
+    """Where one covering pick aims: `position` (a slice position, maybe fractional) inside the unlabeled
+    stretch between slices `start` and `end` (ends of the predicted extent or labeled slices), whose
+    targets lie `spacing` slices apart and from the stretch's ends."""
 
-    band: pixels around the predicted foreground where ASD's entropy counts (2).
-    augmentations: jittered boxes decoded per slice besides the box itself (4; 0 turns
-        disagreement off, as does prompt-free decoding). jitter: each box corner moves by up to this
-        fraction of the box's width / height (0.1).
-    slice_margin: candidates reach this many slices beyond the predicted extent (2), inside the 3D
-        box when there is one; all_slices: every slice is a candidate instead.
-    edge_band: share of the predicted extent at each of its ends over which a slice's total rises
-        linearly from its lowest (the end slice) to full (0.2; 0: no presence weighting at all, the
-        slices beyond the extent included).
-    weight_dkd, weight_asd: weights of DKD and ASD in the total (0.5, 0.5).
-    divergence_share: share of the model divergence in DKD when an adapted model is given (0.5).
-    diversity: strength of the separation penalty, an exponent on the separation (1.0; 0 ranks by
-        total alone, which picks neighbours: the 3 most uncertain slices were the worst choice in
-        DESIGN.md's probe). spacing: slice distance from which position no longer penalises; None:
-        candidates / (budget + labeled candidates + 1), at least 2. min_gap: no pick within this
-        many slices of a picked or labeled slice while farther candidates remain (1).
-    """
-
-    band: int = 2
-    augmentations: int = 4
-    jitter: float = 0.1
-    slice_margin: int = 2
-    all_slices: bool = False
-    edge_band: float = 0.2
-    weight_dkd: float = 0.5
-    weight_asd: float = 0.5
-    divergence_share: float = 0.5
-    diversity: float = 1.0
-    spacing: float | None = None
-    min_gap: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.edge_band <= 0.5:
-            raise InputError(f"edge band {self.edge_band!r} is not a share of the predicted extent at each end; "
-                             "expected 0 to 0.5")
-
-
-RANKING_PURPOSES: dict[str, ScoringOptions] = {
-    "training": ScoringOptions(),  # slices whose labels teach fine-tuning most: ends of the prediction weighted down
-    "correction": ScoringOptions(edge_band=0.0),  # slices the model gets most wrong, its ends and beyond included
-}
-"""What suggestions rank slices for, and the scoring options that do it."""
+    position: float
+    spacing: float
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)
 class Pick:
-    """One greedy pick: the slice, its total after the diversity penalty and the nearest slice
-    (picked earlier or labeled) that penalised it, None when there was none."""
+    """One pick: the slice, its score (greedy: the total after the diversity penalty; covering: the total),
+    the nearest slice picked earlier or labeled (greedy: the one that penalised it; None when there was
+    none) and, when covering, the target it aimed at."""
 
     index: int
     score: float
     nearest: int | None
+    target: CoverageTarget | None = None
 
 
 class SliceDecoder:
@@ -259,4 +230,52 @@ def select_diverse(indices: Sequence[int], totals: Sequence[float], pooled: np.n
         free[choice] = False
         anchors.append(int(indices[choice]))
         anchor_pooled.append(pooled[choice])
+    return sorted(picks, key=lambda pick: -pick.score)
+
+
+def coverage_targets(extent: tuple[int, int], labeled: Collection[int], budget: int) -> list[CoverageTarget]:
+    """`budget` target slices spread over `extent` (first, last slice), by position.
+
+    The extent's ends and the labeled slices inside it cut it into stretches; each target in turn goes to
+    the stretch whose targets would otherwise lie farthest apart (length / (targets + 1), ties to the lower
+    stretch), and a stretch's n targets split it into n + 1 equal parts. With nothing labeled these are
+    `uniform_slices`' positions: the extent's ends are left out, where the structure is small."""
+    lo, hi = extent
+    anchors = sorted({lo, hi} | {int(r) for r in labeled if lo < r < hi})
+    stretches = list(zip(anchors[:-1], anchors[1:])) or [(lo, hi)]
+    counts = [0] * len(stretches)
+    for _ in range(budget):
+        widest = max(range(len(stretches)), key=lambda n: (stretches[n][1] - stretches[n][0]) / (counts[n] + 1))
+        counts[widest] += 1
+    targets = []
+    for (start, end), count in zip(stretches, counts):
+        spacing = (end - start) / (count + 1)
+        targets += [CoverageTarget(start + spacing * j, spacing, start, end) for j in range(1, count + 1)]
+    return targets
+
+
+def select_covering(indices: Sequence[int], totals: Sequence[float], extent: tuple[int, int],
+                    labeled: Sequence[int], budget: int, window: float) -> list[Pick]:
+    """Up to `budget` candidate slices spread over `extent` (first, last slice), best total first.
+
+    indices, totals: the candidates (labeled slices excluded) and their totals. Each target of
+    :func:`coverage_targets` takes the free candidate with the largest total within max(window * spacing,
+    0.5) slices of it (so a target between two slices weighs both; ties to the nearer, then the lower
+    slice), or the nearest free candidate when that range holds none. Deterministic."""
+    total_of = dict(zip((int(k) for k in indices), (float(t) for t in totals)))
+    anchors = [int(r) for r in labeled]
+    picks: list[Pick] = []
+    for target in coverage_targets(extent, labeled, budget):
+        free = [k for k in total_of if k not in anchors]
+        if not free:
+            break
+        reach = max(window * target.spacing, 0.5)
+        near = [k for k in free if abs(k - target.position) <= reach + 1e-9]
+        if near:
+            choice = max(near, key=lambda k: (total_of[k], -abs(k - target.position), -k))
+        else:
+            choice = min(free, key=lambda k: (abs(k - target.position), k))
+        nearest = min(anchors, key=lambda r: (abs(r - choice), r)) if anchors else None
+        picks.append(Pick(choice, total_of[choice], nearest, target))
+        anchors.append(choice)
     return sorted(picks, key=lambda pick: -pick.score)

@@ -1,7 +1,8 @@
 """Which slices an annotator should correct next, and why (our adaptation of ASSFT's active learning).
 
 :func:`suggest_slices` segments the structure once (cached embeddings), scores the candidate slices
-with :mod:`.scoring` (ASD, DKD) and picks a diverse set; :func:`suggest_from_store` does the same for
+with :mod:`.scoring` (ASD, DKD, presence) and picks slices spread over the prediction (or, ranking for
+correction, the best scores kept apart); :func:`suggest_from_store` does the same for
 a case of a fine-tuning store, skipping the slices already annotated there.
 """
 from __future__ import annotations
@@ -19,8 +20,9 @@ from ..inference.segmenter import SegmentationOutcome
 from ..inference.volumetric import VolumePropagator, clip_rect, grow_rect
 from ..io import Volume, read_volume
 from ..store import FineTuningStore, LabelVersion
-from .scoring import (ScoringOptions, SliceDecoder, combine_scores, jittered_rects, knowledge_distance, mask_dice,
-                      pooled_embeddings, presence_weights, select_diverse, slice_difficulty)
+from .options import ScoringOptions
+from .scoring import (Pick, SliceDecoder, combine_scores, jittered_rects, knowledge_distance, mask_dice,
+                      pooled_embeddings, presence_weights, select_covering, select_diverse, slice_difficulty)
 
 BOX_MARGIN_VOXELS = 2
 """Margin around a store label's bounding box when it becomes the prompt."""
@@ -28,9 +30,9 @@ BOX_MARGIN_VOXELS = 2
 
 @dataclass(frozen=True)
 class Suggestion:
-    """One slice to annotate: axis is 'i', 'j' or 'k'; score (the total after the diversity penalty),
-    dkd and asd in [0, 1]; components: the raw parts (entropy, disagreement, divergence,
-    embedding_distance, presence, total, foreground_pixels)."""
+    """One slice to annotate: axis is 'i', 'j' or 'k'; score (the total; picked greedily: after the
+    diversity penalty), dkd and asd in [0, 1]; components: the raw parts (entropy, disagreement,
+    divergence, embedding_distance, presence, total, foreground_pixels)."""
 
     case_id: str | None
     image: str | None
@@ -173,7 +175,7 @@ def explain_scores(difficulty: str, asd: float, dkd: float, divergence_led: bool
 
 
 def _reason(structure: str, asd: float, dkd: float, predicted: bool, presence: float, options: ScoringOptions,
-            labeled: bool, divergence_led: bool, nearest: int | None, index: int, anchors: Collection[int]) -> str:
+            labeled: bool, divergence_led: bool, pick: Pick, anchors: Collection[int]) -> str:
     """One line saying why a slice was suggested, its larger contribution first."""
     if not predicted:
         difficulty = f"just beyond the predicted {structure} (ASD {asd:.2f})"
@@ -184,10 +186,24 @@ def _reason(structure: str, asd: float, dkd: float, predicted: bool, presence: f
     line = explain_scores(difficulty, asd, dkd, divergence_led, labeled, "slices", options)
     if presence < 1:
         line += f"; near the end of the predicted {structure} (weight {presence:.2f})"
-    if nearest is not None:
-        kind = "labeled" if nearest in anchors else "suggested"
-        line += f"; {abs(index - nearest)} slices from {kind} slice {nearest}"
+    if pick.target is not None:
+        target = pick.target
+        line += f"; best near slice {target.position:.0f}, spreading labels between slices {target.start} and {target.end}"
+    elif pick.nearest is not None:
+        kind = "labeled" if pick.nearest in anchors else "suggested"
+        line += f"; {abs(pick.index - pick.nearest)} slices from {kind} slice {pick.nearest}"
     return line
+
+
+def labeling_extent(box: Box3D | None, axis: int, predicted: Collection[int], candidates: Collection[int]
+                    ) -> tuple[int, int]:
+    """(first, last) slice along `axis` that covering picks spread over: the 3D box's range, where whoever drew
+    it says the structure is (the prediction often stops short of its thin ends, where labels teach most);
+    without a box the predicted extent, or the candidates' range when nothing is predicted."""
+    if box is not None:
+        return box.slice_range(axis)
+    chosen = predicted or candidates
+    return min(chosen), max(chosen)
 
 
 def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget: int, box: Box3D | None = None,
@@ -200,8 +216,9 @@ def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget:
     segmenter: the pretrained model; adapted_segmenter: the current fine-tuned one, which then makes
     the prediction and whose divergence from `segmenter` enters DKD. The prediction comes from the
     3D box and/or points (IJK), or without a prompt when the model is prompt-free for `structure`.
-    annotated: slice indices along `axis` already labeled; they are never suggested and anchor DKD's
-    embedding distance and the diversity. Fewer than `budget` come back when fewer candidates remain
+    annotated: slice indices along `axis` already labeled; they are never suggested, anchor DKD's
+    embedding distance and cut the predicted extent into the stretches picks spread over (or, greedy,
+    anchor the diversity). Fewer than `budget` come back when fewer candidates remain
     (none when all are annotated). Deterministic for a fixed `seed` (box jitter).
     """
     budget = check_budget(budget)
@@ -231,12 +248,17 @@ def suggest_slices(segmenter: Segmenter, volume: Volume, structure: str, budget:
     totals = totals * presence
     position = {k: n for n, k in enumerate(candidates)}
     suggestions = []
-    for pick in select_diverse(candidates, totals, pooled, labeled, labeled_pooled, budget, options):
+    if options.coverage_window is None:
+        picks = select_diverse(candidates, totals, pooled, labeled, labeled_pooled, budget, options)
+    else:
+        picks = select_covering(candidates, totals, labeling_extent(box, axis, predicted, prompts), labeled, budget,
+                                options.coverage_window)
+    for pick in picks:
         n = position[pick.index]
         values = {**parts[pick.index], "embedding_distance": float(distance[n]), "presence": float(presence[n]),
                   "total": float(totals[n])}
         reason = _reason(structure, asd[n], dkd[n], pick.index in predicted, float(presence[n]), options,
-                         bool(labeled), bool(divergence_led[n]), pick.nearest, pick.index, labeled)
+                         bool(labeled), bool(divergence_led[n]), pick, labeled)
         suggestions.append(Suggestion(case_id, volume.path, AXIS_NAMES[axis], pick.index, pick.score, float(dkd[n]),
                                       float(asd[n]), reason, values))
     return suggestions

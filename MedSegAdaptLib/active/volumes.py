@@ -40,7 +40,8 @@ from ..io import Volume, read_volume
 from ..io.modality import detect_modality
 from ..store import FineTuningStore
 from ..store.validation import unknown
-from .scoring import ScoringOptions, combine_scores, knowledge_distance, pooled_embeddings, select_diverse
+from .options import ScoringOptions
+from .scoring import combine_scores, knowledge_distance, pooled_embeddings, select_diverse
 from .suggest import (candidate_prompts, check_axis, check_budget, explain_scores, on_axis, prompt_box, score_slices,
                       segment_for_scoring, whole_volume_label)
 
