@@ -22,11 +22,11 @@ class ScoringOptions:
     edge_band: share of the predicted extent at each of its ends over which a slice's total rises
         linearly from its lowest (the end slice) to full (0.2; 0: no presence weighting at all, the
         slices beyond the extent included).
-    coverage_window: picks spread over the predicted extent first: each aims at an evenly spaced target
-        slice of an unlabeled stretch and is the best total within coverage_window * the targets'
-        spacing of it (0.25: neighbouring windows stay half a spacing apart; 0: the target itself, or
-        the two slices around it, totals only break ties; None: greedy by total with the diversity
-        penalty below).
+    coverage_window: picks spread over the 3D box's slice range (or the predicted extent) first:
+        each aims at an evenly spaced target slice of an unlabeled stretch and is the best total
+        within coverage_window * the targets' spacing of it (0.25: neighbouring windows stay half a
+        spacing apart; 0: the target itself, or the two slices around it, totals only break ties;
+        None: greedy by total with the diversity penalty below).
     weight_dkd, weight_asd: weights of DKD and ASD in the total (0.5, 0.5).
     divergence_share: share of the model divergence in DKD when an adapted model is given (0.5).
     diversity, spacing, min_gap: the greedy selection's (coverage_window None, and whole volumes).
