@@ -161,7 +161,7 @@ def test_suggestions_lie_in_the_box_sorted_by_score_and_repeat_for_a_seed(sugges
 def test_picks_aim_at_evenly_spaced_targets_of_the_box(suggester, volume):
     spread = _suggest(suggester, volume, budget=2, box=WIDER)  # box k 14..20: targets 16 and 18
     assert sorted(s.index for s in spread) == [16, 18]
-    assert all("spreading labels between slices 14 and 20" in s.reason for s in spread)
+    assert all("spreads labels evenly between slices 14 and 20" in s.reason for s in spread)
     around = _suggest(suggester, volume, budget=2, box=WIDER, annotated={17})  # targets 15.5 and 18.5
     by_index = {s.index: s for s in around}
     assert len(around) == 2 and len(set(by_index) & {15, 16}) == 1 and len(set(by_index) & {18, 19}) == 1
@@ -288,8 +288,8 @@ def test_cli_ranks_for_correction_greedily_and_for_training_by_coverage(shared_m
                      "--rank-for", purpose, "--json"]) == 0
         ranked[purpose] = json.loads(capsys.readouterr().out)
     assert sorted(row["index"] for row in ranked["training"]) == [16, 18]  # the evenly spaced targets
-    assert all("spreading labels" in row["reason"] for row in ranked["training"])
-    assert not any("spreading labels" in row["reason"] for row in ranked["correction"])
+    assert all("spreads labels evenly" in row["reason"] for row in ranked["training"])
+    assert not any("spreads labels evenly" in row["reason"] for row in ranked["correction"])
     assert all(row["components"]["presence"] == 1.0 for row in ranked["correction"])  # ends not weighted down
     assert main(["suggest", volume.path, "--structure", STRUCTURE, "--budget", "1", "--box-ijk", str(WIDER),
                  "--coverage-window", "0.7"]) == 2

@@ -419,7 +419,7 @@ def test_suggest_from_an_roi_ranks_slices_of_the_box(tmp_path, logic, volume_nod
     print("\n".join(f"{s.axis}:{s.index} score {s.score:.2f} DKD {s.dkd:.2f} ASD {s.asd:.2f}  {s.reason}"
                     for s in suggestions))
     assert sorted(s.index for s in suggestions) == [16, 17, 18]  # spread evenly between the box's ends 15 and 19
-    assert all("spreading labels between slices 15 and 19" in s.reason for s in suggestions)
+    assert all("spreads labels evenly between slices 15 and 19" in s.reason for s in suggestions)
     assert all(s.axis == "k" and s.case_id == "chest4" and s.reason for s in suggestions)
     assert all(0.0 <= s.dkd <= 1.0 and 0.0 <= s.asd <= 1.0 for s in suggestions)
     assert [s.score for s in suggestions] == sorted((s.score for s in suggestions), reverse=True)

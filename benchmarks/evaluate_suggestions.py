@@ -8,9 +8,9 @@ strategies' slices and seeds the fine-tuning). Each run is done twice: supervise
 only, and with selective semi-supervision (`finetune --semi-supervised`: confident pseudo-labels of
 unpicked slices close to picked ones join training). Strategies:
 
-- suggest: `medsegadapt suggest` with the pretrained model and the reference box (DKD + ASD + presence,
-  picks spread over the box's slices, each the best score near its evenly spaced target);
-- coverage only: the same targets taken as they are (coverage_window 0), so scores only break ties;
+- suggest: `medsegadapt suggest` with the pretrained model and the reference box (picks at evenly spaced
+  targets over the box's slices, DKD + ASD + presence breaking ties between two slices);
+- window 0.25: the same, each pick the best score within a quarter of the targets' spacing;
 - entropy only: ranked by foreground/boundary entropy alone (no disagreement, no DKD, no coverage or diversity);
 - uniform: evenly spaced inside the structure's reference extent (an oracle: it reads the reference mask);
 - foreground-aware random: random slices that contain the structure (nnActive's strong baseline);
@@ -55,7 +55,7 @@ from MedSegAdaptLib.train import FineTuneOptions, fine_tune
 
 ENTROPY_ONLY = ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0,
                               edge_band=0.0, coverage_window=None)
-COVERAGE_ONLY = ScoringOptions(coverage_window=0.0)
+WINDOW_QUARTER = ScoringOptions(coverage_window=0.25)
 
 
 def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, name: str, truth: np.ndarray,
@@ -64,8 +64,8 @@ def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, na
     rng = np.random.default_rng(seed)
     if strategy == "suggest":
         return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed)]
-    if strategy in ("entropy only", "coverage only"):
-        options = ENTROPY_ONLY if strategy == "entropy only" else COVERAGE_ONLY
+    if strategy in ("entropy only", "window 0.25"):
+        options = ENTROPY_ONLY if strategy == "entropy only" else WINDOW_QUARTER
         return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed, options=options)]
     if strategy == "uniform":
         return uniform_slices(truth, budget)
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="1,2,3,5")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
     parser.add_argument("--strategies",
-                        default="suggest;coverage only;entropy only;uniform;foreground-aware random;random")
+                        default="suggest;window 0.25;entropy only;uniform;foreground-aware random;random")
     parser.add_argument("--modes", default="supervised;semi-supervised")
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()

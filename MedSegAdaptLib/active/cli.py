@@ -29,8 +29,8 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "(ASD: uncertainty over the foreground and its boundary band, and disagreement under jittered "
                     "boxes) and how far it is from what the model knows (DKD: distance of its embedding from the "
                     "labeled slices and, with a fine-tuned --checkpoint, divergence from the pretrained model), "
-                    "then spread the picks over the structure's slices, each the best score near an evenly spaced "
-                    "target (ranking for correction: the best scores, kept apart). Our adaptation of ASSFT's active learning (the paper gives no "
+                    "then spread the picks evenly over the structure's slices, the scores breaking ties "
+                    "(ranking for correction: the best scores, kept apart). Our adaptation of ASSFT's active learning (the paper gives no "
                     "formulas). Slices already annotated are never suggested. With --volumes, rank the cases of a "
                     "store instead: whole volumes to annotate next, scored by the mean ASD over their predicted "
                     "slices and the DKD of their mean embedding from the volumes annotated in full, which are "
@@ -59,7 +59,8 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                              "(default: %(default)s)")
     parser.add_argument("--coverage-window", type=float, metavar="SHARE",
                         help="how far a pick may move from its evenly spaced target to a better-scoring slice, as a "
-                             "share of the targets' spacing, 0 to 0.5 (default: 0.25; 0 keeps the targets)")
+                             "share of the targets' spacing, 0 to 0.5 (default: 0, the target or the better of the "
+                             "two slices around it)")
     parser.add_argument("--edge-band", type=float, metavar="SHARE",
                         help="share of the predicted extent at each end over which scores rise from low to full, "
                              "slices beyond it scoring 0: labels there are small or empty and teach fine-tuning "

@@ -24,9 +24,10 @@ class ScoringOptions:
         slices beyond the extent included).
     coverage_window: picks spread over the 3D box's slice range (or the predicted extent) first:
         each aims at an evenly spaced target slice of an unlabeled stretch and is the best total
-        within coverage_window * the targets' spacing of it (0.25: neighbouring windows stay half a
-        spacing apart; 0: the target itself, or the two slices around it, totals only break ties;
-        None: greedy by total with the diversity penalty below).
+        within coverage_window * the targets' spacing of it, at least the two slices around it (0:
+        the target itself, totals only break ties between two; 0.25, moving picks towards
+        uncertain slices, trained no better in README's benchmark; None: greedy by total with the
+        diversity penalty below).
     weight_dkd, weight_asd: weights of DKD and ASD in the total (0.5, 0.5).
     divergence_share: share of the model divergence in DKD when an adapted model is given (0.5).
     diversity, spacing, min_gap: the greedy selection's (coverage_window None, and whole volumes).
@@ -43,7 +44,7 @@ class ScoringOptions:
     slice_margin: int = 2
     all_slices: bool = False
     edge_band: float = 0.2
-    coverage_window: float | None = 0.25
+    coverage_window: float | None = 0.0
     weight_dkd: float = 0.5
     weight_asd: float = 0.5
     divergence_share: float = 0.5

@@ -21,11 +21,12 @@ formulas; the scores below are ours.
 - Presence: slice totals are scaled down towards the ends of the predicted extent (`edge_band`), and
   slices beyond it get 0, because there the structure may not exist at all: the labels are small or
   empty and teach box-prompted fine-tuning nothing (see :func:`presence_weights`).
-- Selection, coverage first (`coverage_window`, the default): total = (weight_dkd * DKD + weight_asd *
-  ASD) * presence; the budget is spread over the unlabeled stretches of the 3D box's slice range (or
-  the predicted extent) as evenly spaced target slices, and each pick is the best total near its target (see :func:`coverage_targets`,
-  :func:`select_covering`). Picking by total alone put every label in the few hardest slices and
-  trained worse than evenly spaced labels (README, ASSFT).
+- Selection, coverage first (`coverage_window` a number, the default): total = (weight_dkd * DKD +
+  weight_asd * ASD) * presence; the budget is spread over the unlabeled stretches of the 3D box's
+  slice range (or the predicted extent) as evenly spaced target slices, and each pick is the best
+  total near its target (see :func:`coverage_targets`, :func:`select_covering`). Picking by total
+  alone put every label in the few hardest slices, and letting totals move picks a quarter spacing
+  off their targets, trained worse than evenly spaced labels (README, ASSFT).
 - Selection, greedy (`coverage_window` None, ranking for correction): slices are picked by total, each
   pick multiplying the others' totals by their separation from everything picked or labeled
   (see :func:`select_diverse`), so neighbours are not picked together.

@@ -188,7 +188,7 @@ def _reason(structure: str, asd: float, dkd: float, predicted: bool, presence: f
         line += f"; near the end of the predicted {structure} (weight {presence:.2f})"
     if pick.target is not None:
         target = pick.target
-        line += f"; best near slice {target.position:.0f}, spreading labels between slices {target.start} and {target.end}"
+        line += f"; spreads labels evenly between slices {target.start} and {target.end} (target {target.position:.1f})"
     elif pick.nearest is not None:
         kind = "labeled" if pick.nearest in anchors else "suggested"
         line += f"; {abs(pick.index - pick.nearest)} slices from {kind} slice {pick.nearest}"
