@@ -11,6 +11,8 @@ unpicked slices close to picked ones join training). Strategies:
 - suggest: `medsegadapt suggest` with the pretrained model and the reference box (picks at evenly spaced
   targets over the box's slices, DKD + ASD + presence breaking ties between two slices);
 - window 0.25: the same, each pick the best score within a quarter of the targets' spacing;
+- rank for correction: `suggest --rank-for correction` (greedy by score, no presence weighting), meant
+  for the annotator's final result rather than for training;
 - entropy only: ranked by foreground/boundary entropy alone (no disagreement, no DKD, no coverage or diversity);
 - uniform: evenly spaced inside the structure's reference extent (an oracle: it reads the reference mask);
 - foreground-aware random: random slices that contain the structure (nnActive's strong baseline);
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from MedSegAdaptLib.active.options import ScoringOptions
+from MedSegAdaptLib.active.options import RANKING_PURPOSES, ScoringOptions
 from MedSegAdaptLib.active.suggest import suggest_slices
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import dice
@@ -53,25 +55,31 @@ from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.train import FineTuneOptions, fine_tune
 
-ENTROPY_ONLY = ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0,
-                              edge_band=0.0, coverage_window=None)
-WINDOW_QUARTER = ScoringOptions(coverage_window=0.25)
+SCORED_STRATEGIES: dict[str, ScoringOptions] = {
+    "suggest": ScoringOptions(),
+    "window 0.25": ScoringOptions(coverage_window=0.25),
+    "rank for correction": RANKING_PURPOSES["correction"],
+    "entropy only": ScoringOptions(augmentations=0, weight_dkd=0.0, weight_asd=1.0, diversity=0.0, min_gap=0,
+                                   edge_band=0.0, coverage_window=None),
+}
+"""The strategies that pick with `suggest_slices`, and its options for each."""
 
 
 def pick(strategy: str, budget: int, seed: int, segmenter: Segmenter, volume, name: str, truth: np.ndarray,
          box: Box3D) -> list[int]:
     """The axial slices `strategy` picks for `budget`."""
     rng = np.random.default_rng(seed)
-    if strategy == "suggest":
-        return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed)]
-    if strategy in ("entropy only", "window 0.25"):
-        options = ENTROPY_ONLY if strategy == "entropy only" else WINDOW_QUARTER
-        return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed, options=options)]
+    if strategy in SCORED_STRATEGIES:
+        return [s.index for s in suggest_slices(segmenter, volume, name, budget, box=box, seed=seed,
+                                                options=SCORED_STRATEGIES[strategy])]
     if strategy == "uniform":
         return uniform_slices(truth, budget)
     if strategy == "foreground-aware random":
         present = np.flatnonzero(truth.any(axis=(0, 1)))
         return sorted(int(k) for k in rng.choice(present, budget, replace=False))
+    if strategy != "random":
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(SCORED_STRATEGIES)}, uniform, "
+                         "foreground-aware random, random")
     lo, hi = box.slice_range(2)
     return sorted(int(k) for k in rng.choice(np.arange(lo, hi + 1), budget, replace=False))
 
@@ -153,7 +161,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="1,2,3,5")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
     parser.add_argument("--strategies",
-                        default="suggest;window 0.25;entropy only;uniform;foreground-aware random;random")
+                        default="suggest;window 0.25;rank for correction;entropy only;uniform;foreground-aware random;random")
     parser.add_argument("--modes", default="supervised;semi-supervised")
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()
