@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from MedSegAdaptLib.active import ScoringOptions, Suggestion, suggest_from_store, suggest_slices
-from MedSegAdaptLib.active.scoring import (coverage_targets, jittered_rects, normalise, presence_weights, select_covering,
-                                          select_diverse)
+from MedSegAdaptLib.active.scoring import (coverage_targets, jittered_rects, normalise, presence_weights,
+                                          select_covering, select_diverse)
 from MedSegAdaptLib.cli import main
 from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter

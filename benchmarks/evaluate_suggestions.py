@@ -160,8 +160,8 @@ def main() -> None:
     parser.add_argument("--structures", default="thoracic vertebral column", help="';'-separated")
     parser.add_argument("--budgets", default="1,2,3,5")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random picks and of fine-tuning")
-    parser.add_argument("--strategies",
-                        default="suggest;window 0.25;rank for correction;entropy only;uniform;foreground-aware random;random")
+    parser.add_argument("--strategies", default="suggest;window 0.25;rank for correction;entropy only;uniform;"
+                                                "foreground-aware random;random")
     parser.add_argument("--modes", default="supervised;semi-supervised")
     parser.add_argument("--output-dir", type=Path, default=Path("out/suggestions"))
     args = parser.parse_args()

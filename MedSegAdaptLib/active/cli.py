@@ -30,11 +30,11 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "boxes) and how far it is from what the model knows (DKD: distance of its embedding from the "
                     "labeled slices and, with a fine-tuned --checkpoint, divergence from the pretrained model), "
                     "then spread the picks evenly over the structure's slices, the scores breaking ties "
-                    "(ranking for correction: the best scores, kept apart). Our adaptation of ASSFT's active learning (the paper gives no "
-                    "formulas). Slices already annotated are never suggested. With --volumes, rank the cases of a "
-                    "store instead: whole volumes to annotate next, scored by the mean ASD over their predicted "
-                    "slices and the DKD of their mean embedding from the volumes annotated in full, which are "
-                    "never suggested.")
+                    "(ranking for correction: the best scores, kept apart). Our adaptation of ASSFT's active "
+                    "learning (the paper gives no formulas). Slices already annotated are never suggested. With "
+                    "--volumes, rank the cases of a store instead: whole volumes to annotate next, scored by the "
+                    "mean ASD over their predicted slices and the DKD of their mean embedding from the volumes "
+                    "annotated in full, which are never suggested.")
     parser.add_argument("target", type=Path, metavar="IMAGE_OR_STORE",
                         help="an image file or DICOM folder, or a fine-tuning store folder (its annotated slices "
                              "are skipped; without --box-ijk its latest prediction or correction gives the box)")

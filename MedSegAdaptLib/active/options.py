@@ -62,7 +62,7 @@ class ScoringOptions:
 
 
 RANKING_PURPOSES: dict[str, ScoringOptions] = {
-    "training": ScoringOptions(),  # slices whose labels teach fine-tuning most: ends of the prediction weighted down
+    "training": ScoringOptions(),  # slices whose labels teach fine-tuning most: evenly spread over the structure
     # slices the model gets most wrong, its ends and beyond included, wherever they bunch
     "correction": ScoringOptions(edge_band=0.0, coverage_window=None),
 }

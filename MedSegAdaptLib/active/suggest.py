@@ -1,8 +1,8 @@
 """Which slices an annotator should correct next, and why (our adaptation of ASSFT's active learning).
 
 :func:`suggest_slices` segments the structure once (cached embeddings), scores the candidate slices
-with :mod:`.scoring` (ASD, DKD, presence) and picks slices spread over the prediction (or, ranking for
-correction, the best scores kept apart); :func:`suggest_from_store` does the same for
+with :mod:`.scoring` (ASD, DKD, presence) and picks slices spread evenly over the 3D box's slices or the
+prediction (or, ranking for correction, the best scores kept apart); :func:`suggest_from_store` does the same for
 a case of a fine-tuning store, skipping the slices already annotated there.
 """
 from __future__ import annotations
