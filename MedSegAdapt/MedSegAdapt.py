@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 logger = logging.getLogger("MedSegAdapt")
 
 DEVICES = ["auto", "cpu", "cuda"]
-RANKING_PURPOSE_NAMES = ["training", "correction"]  # the keys of MedSegAdaptLib.active.scoring.RANKING_PURPOSES
+RANKING_PURPOSE_NAMES = ["training", "correction"]  # the keys of MedSegAdaptLib.suggestions.scoring.RANKING_PURPOSES
 SETTINGS_PREFIX = "MedSegAdapt/"
 
 #: What MedSegAdaptLib needs, as (import name, pip requirement, why this minimum version).
@@ -892,7 +892,12 @@ class MedSegAdaptTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         from MedSegAdaptLib.inference import Box3D
-        from MedSegAdaptLib.io import ctchest4_segmentation_path, ctchest4_volume_path, read_segmentation, read_volume
+        from MedSegAdaptLib.io import (
+            ctchest4_segmentation_path,
+            ctchest4_volume_path,
+            read_segmentation,
+            read_volume,
+        )
 
         base = _logic_base()
         volumeNode = slicer.util.loadVolume(str(ctchest4_volume_path()))

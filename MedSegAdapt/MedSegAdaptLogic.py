@@ -34,22 +34,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import slicer
 import vtk
 from vtk.util import numpy_support
 
-import slicer
-
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.axes import AXIS_NAMES
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.progress import ProgressCallback
+from MedSegAdaptLib.evaluation.metrics import dice
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D
-from MedSegAdaptLib.inference.prompts import AXIS_NAMES
-from MedSegAdaptLib.io import Geometry, Segment, Segmentation, Volume, default_color, standard_terminology
+from MedSegAdaptLib.io import (
+    Geometry,
+    Segment,
+    Segmentation,
+    Volume,
+    default_color,
+    standard_terminology,
+)
 
 logger = logging.getLogger("MedSegAdapt")
 
 #: LPS <-> RAS: flip the first two axes (its own inverse).
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 class SegmentationCancelled(Exception):
@@ -644,9 +650,9 @@ class MedSegAdaptLogic:
     def segmenter(self):
         """The ``Segmenter`` for the configured checkpoint and device, loaded once and kept (reloaded
         when the checkpoint file changes, e.g. after fine-tuning into it)."""
-        from MedSegAdaptLib.device import resolve_device
         from MedSegAdaptLib.inference import Segmenter
         from MedSegAdaptLib.models import load_backbone
+        from MedSegAdaptLib.models.device import resolve_device
 
         written = os.stat(self.checkpoint).st_mtime_ns if self.checkpoint and os.path.isfile(self.checkpoint) else None
         key = (self.checkpoint, written, self.device)
@@ -725,8 +731,8 @@ class MedSegAdaptLogic:
                            background_points_node=None, axis: str = "k",
                            purpose: str = "training") -> SuggestionRequest:
         """Read what suggesting slices needs out of the scene. Main thread."""
-        from MedSegAdaptLib.active.options import RANKING_PURPOSES
-        from MedSegAdaptLib.active.suggest import check_budget
+        from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
+        from MedSegAdaptLib.suggestions.slices import check_budget
 
         if volume_node is None:
             raise InputError("No input volume selected; expected a scalar volume")
@@ -750,8 +756,8 @@ class MedSegAdaptLogic:
         must then be that case's image. Otherwise (no store, or the case not in it yet) nothing is
         annotated and the volume itself is scored.
         """
-        from MedSegAdaptLib.active import suggest_from_store, suggest_slices
-        from MedSegAdaptLib.active.options import RANKING_PURPOSES
+        from MedSegAdaptLib.suggestions import suggest_from_store, suggest_slices
+        from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
 
         axis = axis_number(request.axis)
         options = RANKING_PURPOSES[request.purpose]
@@ -789,8 +795,8 @@ class MedSegAdaptLogic:
     def fine_tune_options(epochs: int = 10, priors: str | Sequence[str] = "", **options: Any):
         """``FineTuneOptions`` with ``epochs``, the MedSeg-R ``priors`` to train ('all', '' for none, or
         a comma-separated subset of location, texture, shape, semantic) and any other of its fields."""
-        from MedSegAdaptLib.train import FineTuneOptions
-        from MedSegAdaptLib.train.cli import parse_priors
+        from MedSegAdaptLib.training import FineTuneOptions
+        from MedSegAdaptLib.training.options import parse_priors
 
         names = parse_priors(priors) if isinstance(priors, str) else tuple(priors)
         return FineTuneOptions(epochs=int(epochs), priors=names, **options)
@@ -813,8 +819,8 @@ class MedSegAdaptLogic:
         epoch, or the file untouched when no epoch completed. Slice embeddings come from the cache
         shared with segmentation.
         """
-        from MedSegAdaptLib.device import resolve_device
-        from MedSegAdaptLib.train import fine_tune
+        from MedSegAdaptLib.models.device import resolve_device
+        from MedSegAdaptLib.training import fine_tune
 
         if not str(output_checkpoint or "").strip():
             raise InputError("No output checkpoint file given; expected a path such as finetuned.pt")
@@ -829,7 +835,7 @@ class MedSegAdaptLogic:
     @staticmethod
     def environments() -> list[dict]:
         """MedSeg-Adapt's imaging environments: {"name", "description", "parameters"} each."""
-        from MedSegAdaptLib.adapt import environment_catalog
+        from MedSegAdaptLib.environments import environment_catalog
 
         return environment_catalog()
 
@@ -837,16 +843,16 @@ class MedSegAdaptLogic:
     def summarize_samples(generated: Sequence) -> dict:
         """Per structure, counts of :meth:`generate_environment_samples`' labels: generated, accepted
         (by self-validation), queued (for review)."""
-        from MedSegAdaptLib.adapt import summarize
+        from MedSegAdaptLib.environments import summarize
 
         return summarize(generated)
 
     def pretrained_segmenter(self):
         """The packaged LiteMedSAM's ``Segmenter`` (sharing the embedding cache) when the configured
         checkpoint was fine-tuned from it, else None; loaded once and kept."""
-        from MedSegAdaptLib.device import resolve_device
         from MedSegAdaptLib.inference import Segmenter
         from MedSegAdaptLib.models import fine_tunes_packaged_litemedsam, load_backbone
+        from MedSegAdaptLib.models.device import resolve_device
 
         current = self.segmenter()
         if not fine_tunes_packaged_litemedsam(current.backbone.spec):
@@ -869,9 +875,9 @@ class MedSegAdaptLogic:
         (ensemble agreement at least ``threshold``, default the library's 0.8) are accepted as synthetic
         labels and train at once, the others wait in the review queue.
         """
-        from MedSegAdaptLib.adapt import environment as make_environment
-        from MedSegAdaptLib.adapt import generate_samples
-        from MedSegAdaptLib.adapt.validation import DEFAULT_THRESHOLD
+        from MedSegAdaptLib.environments import environment as make_environment
+        from MedSegAdaptLib.environments import generate_samples
+        from MedSegAdaptLib.environments.self_validation import DEFAULT_THRESHOLD
 
         chosen = make_environment(environment, **(settings or {}))
         members = [self.segmenter()]
@@ -1044,11 +1050,6 @@ def progress_text(stage: str, done: int, total: int) -> str:
     return f"{label} {done}/{total}" if total else label
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 __all__ = [

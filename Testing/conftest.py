@@ -41,7 +41,10 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 def ctchest4():
     """The real chest CT shipped in slicerio and its real Slicer segmentation."""
     from MedSegAdaptLib.io import read_segmentation, read_volume
-    from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
+    from MedSegAdaptLib.io.sample_data import (
+        ctchest4_segmentation_path,
+        ctchest4_volume_path,
+    )
 
     return read_volume(ctchest4_volume_path()), read_segmentation(ctchest4_segmentation_path())
 

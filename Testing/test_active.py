@@ -12,14 +12,25 @@ import numpy as np
 import pytest
 import torch
 
-from MedSegAdaptLib.active import ScoringOptions, Suggestion, suggest_from_store, suggest_slices
-from MedSegAdaptLib.active.scoring import (coverage_targets, jittered_rects, normalise, presence_weights,
-                                          select_covering, select_diverse)
 from MedSegAdaptLib.cli import main
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.demos.feedback_loop import uniform_slices
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
-from MedSegAdaptLib.loop_demo import uniform_slices
 from MedSegAdaptLib.store import FineTuningStore
+from MedSegAdaptLib.suggestions import (
+    ScoringOptions,
+    Suggestion,
+    suggest_from_store,
+    suggest_slices,
+)
+from MedSegAdaptLib.suggestions.scoring import (
+    coverage_targets,
+    jittered_rects,
+    normalise,
+    presence_weights,
+    select_covering,
+    select_diverse,
+)
 
 STRUCTURE = "left lung"
 BOX = Box3D((11, 30, 15), (68, 98, 19))
@@ -269,7 +280,7 @@ def test_store_refuses_unknown_names_and_a_whole_volume_correction(store, sugges
 @pytest.fixture()
 def shared_model(monkeypatch, suggester):
     """The command line gets the module's segmenter instead of loading the weights again."""
-    monkeypatch.setattr("MedSegAdaptLib.cli.load_segmenter", lambda *args, **kwargs: suggester)
+    monkeypatch.setattr("MedSegAdaptLib.cli.model_options.load_segmenter", lambda *args, **kwargs: suggester)
 
 
 def test_cli_prints_json_with_the_documented_keys(shared_model, volume, capsys):

@@ -13,14 +13,26 @@ import json
 import numpy as np
 import pytest
 
-from MedSegAdaptLib.active import (CohortVolume, ScoringOptions, VolumeSuggestion, suggest_volumes,
-                                   suggest_volumes_from_store)
-from MedSegAdaptLib.active.scoring import select_diverse
 from MedSegAdaptLib.cli import main
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
-from MedSegAdaptLib.io import Geometry, Segment, Segmentation, Volume, read_volume, volume_from_array
+from MedSegAdaptLib.io import (
+    Geometry,
+    Segment,
+    Segmentation,
+    Volume,
+    read_volume,
+    volume_from_array,
+)
 from MedSegAdaptLib.store import FineTuningStore
+from MedSegAdaptLib.suggestions import (
+    CohortVolume,
+    ScoringOptions,
+    VolumeSuggestion,
+    suggest_volumes,
+    suggest_volumes_from_store,
+)
+from MedSegAdaptLib.suggestions.scoring import select_diverse
 
 STRUCTURE = "left lung"
 FAST = ScoringOptions(augmentations=2)
@@ -171,14 +183,14 @@ def test_store_refuses_too_few_candidates_unknown_structures_and_bad_budgets(one
 @pytest.fixture()
 def shared_model(monkeypatch, suggester):
     """The command line gets the module's segmenter instead of loading the weights again."""
-    monkeypatch.setattr("MedSegAdaptLib.cli.load_segmenter", lambda *args, **kwargs: suggester)
+    monkeypatch.setattr("MedSegAdaptLib.cli.model_options.load_segmenter", lambda *args, **kwargs: suggester)
 
 
 def test_cli_json_repeats_the_ranking_within_the_budget(shared_model, monkeypatch, cohort, ranking, capsys):
     def fast(*args, **kwargs):
         return suggest_volumes_from_store(*args, **kwargs, options=FAST)
 
-    monkeypatch.setattr("MedSegAdaptLib.active.volumes.suggest_volumes_from_store", fast)
+    monkeypatch.setattr("MedSegAdaptLib.suggestions.volumes.suggest_volumes_from_store", fast)
     code = main(["suggest", str(cohort.root), "--structure", STRUCTURE, "--budget", "2", "--volumes", "--json"])
     captured = capsys.readouterr()
     rows = json.loads(captured.out)

@@ -1,10 +1,11 @@
-"""MedSegAdaptLib.adapt: environment simulators and clinical queries, on the real CTChest4 volume."""
+"""MedSegAdaptLib.environments: environment simulators and clinical queries, on the real CTChest4 volume."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from MedSegAdaptLib.adapt import (
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.environments import (
     ENVIRONMENTS,
     HighResCT,
     LowDoseCT,
@@ -15,9 +16,8 @@ from MedSegAdaptLib.adapt import (
     environment,
     sample_queries,
 )
-from MedSegAdaptLib.errors import InputError
 from MedSegAdaptLib.io import Geometry, Volume
-from MedSegAdaptLib.priors import parse_report
+from MedSegAdaptLib.knowledge import parse_report
 
 CHEST = ["ribs", "cervical vertebral column", "thoracic vertebral column", "lumbar vertebral column",
          "right lung", "left lung", "tissue"]

@@ -6,19 +6,23 @@ import json
 import numpy as np
 import pytest
 
-from MedSegAdaptLib.adapt.cli import parse_settings
-from MedSegAdaptLib.adapt.environments import environment
-from MedSegAdaptLib.adapt.pipeline import generate_samples, load_hook, summarize
-from MedSegAdaptLib.adapt.pseudo_masks import box_variants, fuse
-from MedSegAdaptLib.adapt.validation import body_mask, self_validate, volume_share
 from MedSegAdaptLib.cli import main
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.cli.adapt import parse_settings
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.environments.ensemble_masks import box_variants, fuse
+from MedSegAdaptLib.environments.pipeline import generate_samples, load_hook, summarize
+from MedSegAdaptLib.environments.self_validation import (
+    body_mask,
+    self_validate,
+    volume_share,
+)
+from MedSegAdaptLib.environments.simulators import environment
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import read_volume
+from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.models import load_backbone
-from MedSegAdaptLib.priors.knowledge import KnowledgeBase
+from MedSegAdaptLib.models.checkpoint import load_checkpoint
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import load_checkpoint
 
 
 def test_fusion_outvotes_and_down_weights_an_outlier():

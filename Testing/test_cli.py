@@ -11,7 +11,10 @@ import SimpleITK as sitk
 
 from MedSegAdaptLib.cli import build_parser, main
 from MedSegAdaptLib.io import read_segmentation
-from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
+from MedSegAdaptLib.io.sample_data import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+)
 
 CT = str(ctchest4_volume_path())
 

@@ -14,9 +14,17 @@ import torch
 import MedSegAdaptLib
 from MedSegAdaptLib.inference import EmbeddingCache
 from MedSegAdaptLib.models import load_backbone
+from MedSegAdaptLib.models.checkpoint import load_checkpoint
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, fine_tune, load_checkpoint
-from MedSegAdaptLib.train.distributed import World, average_gradients, mean, process_group, shard, world
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
+from MedSegAdaptLib.training.distributed import (
+    World,
+    average_gradients,
+    mean,
+    process_group,
+    shard,
+    world,
+)
 
 STRUCTURE = "left lung"
 SLICES = [17, 23]
@@ -26,7 +34,7 @@ RANK_SCRIPT = """
 import os, sys
 import torch
 from MedSegAdaptLib import cli
-from MedSegAdaptLib.train import trainer
+from MedSegAdaptLib.training import trainer
 
 runs = []
 run = trainer.FineTuner.run

@@ -6,20 +6,19 @@ import shutil
 
 import pytest
 import torch
+from tiny_clip import make_tiny_clip
 
 from MedSegAdaptLib.cli import main
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import read_segmentation
 from MedSegAdaptLib.models import load_backbone
-from MedSegAdaptLib.priors.guidance import attach_priors
-from MedSegAdaptLib.priors.modules import PRIORS
+from MedSegAdaptLib.models.checkpoint import load_checkpoint
+from MedSegAdaptLib.priors.modules import PRIORS, attach_priors
 from MedSegAdaptLib.priors.text_encoder import TextEncoder
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, fine_tune, load_checkpoint
-from MedSegAdaptLib.train.options import PRIORS as OPTION_PRIORS
-
-from tiny_clip import make_tiny_clip
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
+from MedSegAdaptLib.training.options import PRIORS as OPTION_PRIORS
 
 STRUCTURE = "left lung"
 SLICES = [17, 23]

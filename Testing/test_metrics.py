@@ -6,9 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.evaluation import compare_segmentations, dice, format_table, hd95_mm
-from MedSegAdaptLib.io import Geometry, Segment, Segmentation, ctchest4_segmentation_path, read_segmentation
+from MedSegAdaptLib.io import (
+    Geometry,
+    Segment,
+    Segmentation,
+    ctchest4_segmentation_path,
+    read_segmentation,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from MedSegAdaptLib.errors import InputError
-from MedSegAdaptLib.inference.preprocess import clip_intensities, preset_for, slices_to_input
-from MedSegAdaptLib.inference.prompts import take_slices
+from MedSegAdaptLib.core.axes import take_slices
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.inference.preprocess import (
+    clip_intensities,
+    preset_for,
+    slices_to_input,
+)
 from MedSegAdaptLib.models import load_backbone
-from MedSegAdaptLib.models.loading import packaged_litemedsam_weights, read_state_dict
+from MedSegAdaptLib.models.checkpoint import read_state_dict
+from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ def parameter_fields() -> set[str]:
 
 
 def test_the_rank_for_choices_are_the_library_ranking_purposes():
-    from MedSegAdaptLib.active.options import RANKING_PURPOSES
+    from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
 
     assignment = next(node for node in ast.parse(MODULE_FILE.read_text()).body if isinstance(node, ast.Assign)
                       and getattr(node.targets[0], "id", None) == "RANKING_PURPOSE_NAMES")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.axes import put_slice, take_slices
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.inference.embedding_cache import EmbeddingCache, volume_key
 from MedSegAdaptLib.inference.preprocess import (
     clip_intensities,
@@ -13,7 +14,7 @@ from MedSegAdaptLib.inference.preprocess import (
     preset_for,
     slices_to_input,
 )
-from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect, put_slice, take_slices
+from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
 from MedSegAdaptLib.io.modality import detect_modality
 
 
@@ -122,7 +123,7 @@ def test_embedding_cache_memory_and_disk(tmp_path):
 
 
 def test_start_slice_is_the_box_middle_or_the_slice_with_most_foreground_points():
-    from MedSegAdaptLib.inference.volumetric import _start_slice
+    from MedSegAdaptLib.inference.propagation import _start_slice
 
     assert _start_slice(2, Box3D((0, 0, 4), (9, 9, 11)), []) == 7
     points = [Point3D((1, 1, 10)), Point3D((2, 2, 20)), Point3D((3, 3, 20)), Point3D((4, 4, 15), 0)]

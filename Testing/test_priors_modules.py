@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_clip import make_tiny_clip
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.priors.modules import ATTRIBUTES, PRIORS, MedSegRPriors
 from MedSegAdaptLib.priors.text_encoder import MINILM_NAME, TextEncoder
-
-from tiny_clip import make_tiny_clip
 
 SMALL = {"text_dim": 16, "dim": 32, "heads": 4}  # toy-sized stages for the training tests
 

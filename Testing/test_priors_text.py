@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.terminology import standard_names, standard_terminology
-from MedSegAdaptLib.priors import KnowledgeBase, ParsedReport, parse_report
-from MedSegAdaptLib.priors.knowledge import normalize
+from MedSegAdaptLib.knowledge.knowledge_base import normalize
+from MedSegAdaptLib.knowledge import KnowledgeBase, ParsedReport, parse_report
 
 NODULE = "Right upper lobe: 14 mm spiculated nodule abutting the pleura"
 REQUIRED = [
@@ -34,7 +34,7 @@ def kb() -> KnowledgeBase:
 
 @pytest.fixture()
 def raw() -> dict:
-    return json.loads(files("MedSegAdaptLib.priors").joinpath("knowledge_base.json").read_text("utf-8"))
+    return json.loads(files("MedSegAdaptLib.knowledge").joinpath("knowledge_base.json").read_text("utf-8"))
 
 
 def write(tmp_path: Path, content: dict, indent: int | None = 2) -> Path:

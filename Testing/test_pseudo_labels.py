@@ -5,13 +5,17 @@ import numpy as np
 import pytest
 
 from MedSegAdaptLib.cli import build_parser
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.axes import nearest_slice, take_slices
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.inference import EmbeddingCache
-from MedSegAdaptLib.inference.prompts import take_slices
+from MedSegAdaptLib.models.checkpoint import load_checkpoint
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, fine_tune, load_checkpoint
-from MedSegAdaptLib.train.dataset import nearest_slice
-from MedSegAdaptLib.train.pseudo_labels import PseudoLabel, extrapolation_limit, select_pseudo_labels
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
+from MedSegAdaptLib.training.pseudo_labels import (
+    PseudoLabel,
+    extrapolation_limit,
+    select_pseudo_labels,
+)
 
 STRUCTURE = "left lung"
 ANNOTATED = [14, 20, 26]

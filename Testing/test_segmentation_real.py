@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from MedSegAdaptLib.core.axes import take_slices
 from MedSegAdaptLib.evaluation import dice
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D, Segmenter
-from MedSegAdaptLib.inference.prompts import take_slices
 
 pytestmark = pytest.mark.slow
 

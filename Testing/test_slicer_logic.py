@@ -53,9 +53,8 @@ from MedSegAdaptLogic import (  # noqa: E402
 )
 from slicer_scene import make_scene  # noqa: E402
 
-from MedSegAdaptLib.errors import InputError  # noqa: E402
+from MedSegAdaptLib.core.errors import InputError  # noqa: E402
 from MedSegAdaptLib.inference import Box3D, Point3D  # noqa: E402
-from MedSegAdaptLib.store import FineTuningStore  # noqa: E402
 from MedSegAdaptLib.io import (  # noqa: E402
     ctchest4_segmentation_path,
     ctchest4_volume_path,
@@ -64,6 +63,7 @@ from MedSegAdaptLib.io import (  # noqa: E402
     read_volume,
     standard_terminology,
 )
+from MedSegAdaptLib.store import FineTuningStore  # noqa: E402
 
 
 def _ijk_to_ras(volume_node) -> np.ndarray:
@@ -594,7 +594,7 @@ def finetune_store(tmp_path_factory, reference):
 
 @pytest.mark.slow
 def test_fine_tune_on_the_worker_reports_epochs_and_plots_them(tmp_path, app, logic, finetune_store):
-    from MedSegAdaptLib.train import load_checkpoint
+    from MedSegAdaptLib.models.checkpoint import load_checkpoint
 
     output = tmp_path / "finetuned.pt"
     records: list[dict] = []
@@ -618,7 +618,7 @@ def test_fine_tune_on_the_worker_reports_epochs_and_plots_them(tmp_path, app, lo
 
 @pytest.mark.slow
 def test_stopping_fine_tuning_keeps_the_last_completed_epoch(tmp_path, logic, finetune_store):
-    from MedSegAdaptLib.train import load_checkpoint
+    from MedSegAdaptLib.models.checkpoint import load_checkpoint
 
     stopped, never = tmp_path / "stopped.pt", tmp_path / "never.pt"
     jobs: list[Job] = []

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.cli.store import add_store_parser
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import dice
 from MedSegAdaptLib.io import (
     Geometry,
@@ -26,7 +27,6 @@ from MedSegAdaptLib.io import (
     write_volume,
 )
 from MedSegAdaptLib.store import FineTuningStore, annotated_region, parse_slices
-from MedSegAdaptLib.store.cli import add_store_parser
 from MedSegAdaptLib.store.schema import SCHEMA_VERSION
 
 CASE = "CTChest4"

@@ -10,15 +10,15 @@ import torch
 from monai.losses import DiceCELoss
 
 from MedSegAdaptLib.cli import build_parser
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.inference import EmbeddingCache
 from MedSegAdaptLib.models import load_backbone
+from MedSegAdaptLib.models.checkpoint import load_checkpoint, save_checkpoint
 from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, FineTuner, SliceDataset, fine_tune, load_checkpoint
-from MedSegAdaptLib.train.checkpoint import save_checkpoint
-from MedSegAdaptLib.train.dataset import TrainingSlice
-from MedSegAdaptLib.train.trainer import batch_loss, prompt_boxes, slice_logits
+from MedSegAdaptLib.training import FineTuneOptions, FineTuner, SliceDataset, fine_tune
+from MedSegAdaptLib.training.dataset import TrainingSlice
+from MedSegAdaptLib.training.trainer import batch_loss, prompt_boxes, slice_logits
 
 STRUCTURE = "left lung"
 SLICES = [17, 23]

@@ -8,13 +8,15 @@ orientation, bf16 encoder autocast.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from MedSegAdaptLib.evaluation import dice
 from MedSegAdaptLib.inference import Box3D, PropagationOptions, Segmenter, preprocess
 from MedSegAdaptLib.io import read_segmentation, read_volume, volume_from_array
-from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
+from MedSegAdaptLib.io.sample_data import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+)
 from MedSegAdaptLib.models import load_backbone
 
 STRUCTURES = ("right lung", "left lung", "thoracic vertebral column", "cervical vertebral column",

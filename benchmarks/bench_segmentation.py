@@ -19,14 +19,27 @@ import time
 import numpy as np
 import torch
 
-from MedSegAdaptLib.device import resolve_device
+from MedSegAdaptLib.core.axes import take_slices
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
-from MedSegAdaptLib.inference.preprocess import clip_intensities, preset_for, slices_to_input
-from MedSegAdaptLib.inference.prompts import take_slices
-from MedSegAdaptLib.io import Geometry, read_segmentation, read_volume, volume_from_array
-from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
+from MedSegAdaptLib.inference.preprocess import (
+    clip_intensities,
+    preset_for,
+    slices_to_input,
+)
+from MedSegAdaptLib.io import (
+    Geometry,
+    read_segmentation,
+    read_volume,
+    volume_from_array,
+)
+from MedSegAdaptLib.io.sample_data import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+)
 from MedSegAdaptLib.models import load_backbone
-from MedSegAdaptLib.models.loading import packaged_litemedsam_weights, read_state_dict
+from MedSegAdaptLib.models.checkpoint import read_state_dict
+from MedSegAdaptLib.models.device import resolve_device
+from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
 
 CT_STRUCTURES = ("right lung", "left lung", "thoracic vertebral column")
 

@@ -15,7 +15,11 @@ import time
 from pathlib import Path
 
 import MedSegAdaptLib.evaluation.metrics  # noqa: F401  (loaded by the first diff; kept out of the timings)
-from MedSegAdaptLib.io import ctchest4_segmentation_path, ctchest4_volume_path, read_segmentation
+from MedSegAdaptLib.io import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+    read_segmentation,
+)
 from MedSegAdaptLib.store import FineTuningStore
 
 

@@ -34,16 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from MedSegAdaptLib.adapt.environments import SimulatedSample, environment
-from MedSegAdaptLib.adapt.pipeline import generate_samples, summarize
+from MedSegAdaptLib.environments.pipeline import generate_samples, summarize
+from MedSegAdaptLib.environments.simulators import SimulatedSample, environment
 from MedSegAdaptLib.evaluation.metrics import dice
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import Volume, read_segmentation, read_volume
 from MedSegAdaptLib.io.geometry import Geometry
-from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
+from MedSegAdaptLib.io.sample_data import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+)
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, fine_tune
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
 
 STRUCTURES = ("right lung", "left lung", "thoracic vertebral column")
 TEST_SEED = 1000
@@ -57,7 +60,12 @@ class GenericAugmentation:
         self.name = target
 
     def apply(self, volume: Volume, labels: dict, rng: np.random.Generator) -> SimulatedSample:
-        from monai.transforms import RandAdjustContrast, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+        from monai.transforms import (
+            RandAdjustContrast,
+            RandGaussianNoise,
+            RandScaleIntensity,
+            RandShiftIntensity,
+        )
 
         array = volume.array.astype(np.float32)
         low, high = float(array.min()), float(array.max())

@@ -29,13 +29,16 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from MedSegAdaptLib.demos.feedback_loop import held_out_dice, uniform_slices
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D, Segmenter
 from MedSegAdaptLib.io import read_segmentation, read_volume
-from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
-from MedSegAdaptLib.loop_demo import held_out_dice, uniform_slices
+from MedSegAdaptLib.io.sample_data import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+)
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, fine_tune
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
 
 STRUCTURES = ("left lung", "right lung", "thoracic vertebral column", "tissue")
 ALL = ("location", "texture", "shape", "semantic")

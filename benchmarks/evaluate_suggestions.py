@@ -43,17 +43,20 @@ from pathlib import Path
 
 import numpy as np
 
-from MedSegAdaptLib.active.options import RANKING_PURPOSES, ScoringOptions
-from MedSegAdaptLib.active.suggest import suggest_slices
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.demos.feedback_loop import held_out_dice, uniform_slices
 from MedSegAdaptLib.evaluation.metrics import dice
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import read_segmentation, read_volume
-from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path, ctchest4_volume_path
-from MedSegAdaptLib.loop_demo import held_out_dice, uniform_slices
+from MedSegAdaptLib.io.sample_data import (
+    ctchest4_segmentation_path,
+    ctchest4_volume_path,
+)
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.train import FineTuneOptions, fine_tune
+from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES, ScoringOptions
+from MedSegAdaptLib.suggestions.slices import suggest_slices
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
 
 SCORED_STRATEGIES: dict[str, ScoringOptions] = {
     "suggest": ScoringOptions(),

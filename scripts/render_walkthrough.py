@@ -47,7 +47,8 @@ from MedSegAdaptLogic import (  # noqa: E402
 )
 from slicer_scene import SlicerScene, make_scene  # noqa: E402
 
-from MedSegAdaptLib.demo import BOX_MARGIN_VOXELS, DEMO_STRUCTURES  # noqa: E402
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
+from MedSegAdaptLib.demos.quick import DEMO_STRUCTURES  # noqa: E402
 from MedSegAdaptLib.evaluation.overlay import DISPLAY_WINDOW, render_slices  # noqa: E402
 from MedSegAdaptLib.inference import Box3D  # noqa: E402
 from MedSegAdaptLib.io import (  # noqa: E402
@@ -76,7 +77,7 @@ def segment_on_scene(device: str) -> tuple[SlicerScene, Any, Any, Segmentation]:
     segmentation_node = app.new_segmentation("MedSegAdapt")
     logic = MedSegAdaptLogic(device=device)
     for name in DEMO_STRUCTURES:
-        box = Box3D.around(reference.get(name).mask, BOX_MARGIN_VOXELS)
+        box = Box3D.around(reference.get(name).mask, REFERENCE_BOX_MARGIN)
         logic.segment(volume_node, segmentation_node, name, roi_node=roi_from_box(box, volume_node, name=f"{name} ROI"))
     return app, volume_node, segmentation_node, reference
 

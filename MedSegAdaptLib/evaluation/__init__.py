@@ -1,4 +1,13 @@
-"""Evaluation of segmentations against references: Dice, HD95 and per-structure tables."""
-from MedSegAdaptLib.evaluation.metrics import compare_segmentations, dice, format_table, hd95_mm
+"""Evaluation of segmentations against references: Dice (and pairwise mask Dice), HD95, tables and
+overlay pictures."""
+from __future__ import annotations
 
-__all__ = ["compare_segmentations", "dice", "format_table", "hd95_mm"]
+from MedSegAdaptLib.core.lazy_exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "compare_segmentations": "metrics",
+    "dice": "metrics",
+    "format_table": "metrics",
+    "hd95_mm": "metrics",
+    "pairwise_dice": "metrics",
+})

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.segmentation import Segmentation
+
+__all__ = ["compare_segmentations", "dice", "format_table", "hd95_mm", "pairwise_dice"]
 
 
 def _pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +30,13 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
         return 1.0
     return 2.0 * int(np.logical_and(pred, ref).sum()) / total
 
+
+def pairwise_dice(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N, M) Dice between the (N, H, W) and (M, H, W) bool masks; 1 where both are empty."""
+    a = first.reshape(len(first), -1).astype(np.float32)
+    b = second.reshape(len(second), -1).astype(np.float32)
+    total = a.sum(1)[:, None] + b.sum(1)[None, :]
+    return np.where(total > 0, 2 * (a @ b.T) / np.maximum(total, 1), 1.0)
 
 def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     """Symmetric 95th-percentile Hausdorff distance in millimetres (MONAI, Euclidean, with spacing).

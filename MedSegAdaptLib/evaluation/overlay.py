@@ -5,8 +5,10 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from ..inference.prompts import take_slices
-from ..io import Segmentation, Volume
+from MedSegAdaptLib.core.axes import take_slices
+from MedSegAdaptLib.io import Segmentation, Volume
+
+__all__ = ["DISPLAY_WINDOW", "render_slices"]
 
 DISPLAY_WINDOW = (-400.0, 1600.0)  # level, width in HU: lungs, soft tissue and bone all visible
 

@@ -1,7 +1,16 @@
-"""Volumetric inference: preprocessing, cached slice embeddings, prompt propagation."""
-from .embedding_cache import EmbeddingCache
-from .prompts import Box3D, Point3D
-from .segmenter import SegmentationOutcome, Segmenter
-from .volumetric import PropagationOptions
+"""Volumetric inference: preprocessing, prompts, cached slice embeddings, propagation from slice to
+slice, report guidance for MedSeg-R priors, and the Segmenter that ties them together."""
+from __future__ import annotations
 
-__all__ = ["Box3D", "EmbeddingCache", "Point3D", "PropagationOptions", "SegmentationOutcome", "Segmenter"]
+from MedSegAdaptLib.core.lazy_exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "Box3D": "prompts",
+    "EmbeddingCache": "embedding_cache",
+    "Point3D": "prompts",
+    "PriorGuidance": "report_guidance",
+    "PropagationOptions": "propagation",
+    "SegmentationOutcome": "segmenter",
+    "Segmenter": "segmenter",
+    "build_slice_encoder": "slice_encoder",
+})

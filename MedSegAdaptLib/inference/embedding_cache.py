@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+__all__ = ["EmbeddingCache", "volume_key"]
+
 
 def volume_key(volume_checksum: str, weights_sha256: str, preset_key: str, axis: int) -> str:
     """Identifies one way of encoding one volume."""

@@ -13,8 +13,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
-from ..io.modality import MODALITIES
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.io.modality import MODALITIES
+
+__all__ = [
+    "CT_WINDOWS",
+    "MR_PERCENTILES",
+    "IntensityPreset",
+    "clip_intensities",
+    "logits_to_slice",
+    "preset_for",
+    "slice_scale",
+    "slices_to_input",
+]
 
 # (level, width) in HU
 CT_WINDOWS: dict[str, tuple[float, float]] = {

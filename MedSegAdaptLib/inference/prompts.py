@@ -1,34 +1,15 @@
-"""Prompts in volume index space (Slicer IJK) and their projection onto slices.
-
-A slice along `axis` is shown as a 2D image whose columns (x) run along the lower of the two other
-axes and whose rows (y) along the higher one: for axial slices (axis K), x = I and y = J, as in the
-(row = J, column = I) arrays LiteMedSAM was trained on.
-"""
+"""Prompts in volume index space (Slicer IJK) and their projection onto slices (see core.axes for how
+a slice's x and y run)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from MedSegAdaptLib.core.axes import AXIS_NAMES, in_plane_axes
+from MedSegAdaptLib.core.errors import InputError
 
-AXIS_NAMES = ("i", "j", "k")
-
-
-def in_plane_axes(axis: int) -> tuple[int, int]:
-    """(x axis, y axis) of slices along `axis`."""
-    x_axis, y_axis = (a for a in range(3) if a != axis)
-    return x_axis, y_axis
-
-
-def take_slices(volume: np.ndarray, axis: int, indices: list[int] | np.ndarray) -> np.ndarray:
-    """(N, H, W) images of the slices at `indices` along `axis` of an (I, J, K) volume."""
-    return np.moveaxis(volume, axis, 0)[np.asarray(indices)].transpose(0, 2, 1)
-
-
-def put_slice(volume: np.ndarray, axis: int, index: int, image: np.ndarray) -> None:
-    """Write an (H, W) slice image back into an (I, J, K) volume in place."""
-    np.moveaxis(volume, axis, 0)[index] = image.T
+__all__ = ["Box3D", "Point3D", "mask_rect"]
 
 
 def _comma_integers(text: str) -> list[int]:

@@ -7,17 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..io.modality import detect_modality
-from ..io.volume import Volume
-from ..models.backbone import SamBackbone
-from ..priors.guidance import PriorGuidance
-from ..priors.report_parser import ParsedReport
-from .embedding_cache import EmbeddingCache, volume_key
-from .encoder import ProgressCallback, SliceEncoder
-from .preprocess import IntensityPreset, clip_intensities, preset_for
-from .prompts import Box3D, Point3D
-from .volumetric import PropagationOptions, PropagationResult, VolumePropagator
+from MedSegAdaptLib.core.axes import DEFAULT_AXIS
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.progress import ProgressCallback
+from MedSegAdaptLib.inference.embedding_cache import EmbeddingCache
+from MedSegAdaptLib.inference.preprocess import IntensityPreset, preset_for
+from MedSegAdaptLib.inference.prompts import Box3D, Point3D
+from MedSegAdaptLib.inference.propagation import (
+    PropagationOptions,
+    PropagationResult,
+    VolumePropagator,
+)
+from MedSegAdaptLib.inference.report_guidance import PriorGuidance
+from MedSegAdaptLib.inference.slice_encoder import (
+    SliceEncoder,
+    build_slice_encoder,
+    embedding_key,
+)
+from MedSegAdaptLib.io.modality import detect_modality
+from MedSegAdaptLib.io.volume import Volume
+from MedSegAdaptLib.knowledge.report_parser import ParsedReport
+from MedSegAdaptLib.models.backbone import SamBackbone
+
+__all__ = ["SegmentationOutcome", "Segmenter"]
 
 
 @dataclass
@@ -38,21 +50,19 @@ class SegmentationOutcome:
 class Segmenter:
     """Segments structures of volumes with a backbone, reusing slice embeddings across prompts.
 
-    A second prompt on the same volume, axis and intensity preset runs only the mask decoder.
+    A second prompt on the same volume, axis and intensity preset runs only the mask decoder. The
+    slicing axis and propagation options are settings of each call, as prompts are.
     text_encoder: folder of the CLIP text encoder for the backbone's MedSeg-R priors, when it is no
     longer where their checkpoint recorded it (None: the recorded one).
     """
 
-    def __init__(self, backbone: SamBackbone, cache: EmbeddingCache | None = None, axis: int = 2,
-                 batch_size: int | None = None, precision: str = "fp32",
-                 options: PropagationOptions = PropagationOptions(), text_encoder: str | Path | None = None) -> None:
+    def __init__(self, backbone: SamBackbone, cache: EmbeddingCache | None = None, batch_size: int | None = None,
+                 precision: str = "fp32", text_encoder: str | Path | None = None) -> None:
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.axis = axis
         self.batch_size = batch_size
         self.precision = precision
-        self.options = options
         self._encoders: dict[str, SliceEncoder] = {}
         self._guidance: PriorGuidance | None = None
         self._checksums: dict[int, tuple[Volume, str]] = {}
@@ -64,13 +74,14 @@ class Segmenter:
             self._checksums[id(volume)] = known
         return known[1]
 
-    def encoder_for(self, volume: Volume, preset: IntensityPreset) -> SliceEncoder:
-        """The (memoised) slice encoder of `volume` under `preset`."""
-        key = volume_key(self._checksum(volume), self.backbone.spec.encoder_key, preset.key, self.axis)
+    def encoder_for(self, volume: Volume, preset: IntensityPreset, axis: int = DEFAULT_AXIS) -> SliceEncoder:
+        """The (memoised) slice encoder of `volume` under `preset` along `axis`."""
+        checksum = self._checksum(volume)
+        key = embedding_key(checksum, self.backbone.spec.encoder_key, preset, axis)
         encoder = self._encoders.get(key)
         if encoder is None:
-            encoder = SliceEncoder(self.backbone, self.cache, clip_intensities(volume.array, preset), key, self.axis,
-                                   self.batch_size, self.precision)
+            encoder = build_slice_encoder(self.backbone, self.cache, volume, preset, axis, checksum, self.batch_size,
+                                          self.precision)
             self._encoders[key] = encoder
         return encoder
 
@@ -83,7 +94,8 @@ class Segmenter:
 
     def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,
                 points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
-                progress: ProgressCallback | None = None, report: str | None = None) -> SegmentationOutcome:
+                progress: ProgressCallback | None = None, report: str | None = None, *, axis: int = DEFAULT_AXIS,
+                options: PropagationOptions = PropagationOptions()) -> SegmentationOutcome:
         """Segment `structure` in `volume` from a 3D box and/or points (IJK), or without a prompt
         when the backbone was fine-tuned prompt-free on that structure.
 
@@ -91,7 +103,8 @@ class Segmenter:
         structure name it picks the intensity preset. report: free text (a report or query) parsed
         against the knowledge base; it names the structure when `structure` is None, and with a
         backbone that has MedSeg-R priors its location, texture and shape texts steer the decoder
-        (without a report, the knowledge base's description of the structure does).
+        (without a report, the knowledge base's description of the structure does). axis: the slicing
+        axis (0, 1, 2 for I, J, K); options: how propagation prompts and stops.
         """
         started = time.perf_counter()
         if modality == "auto":
@@ -108,9 +121,9 @@ class Segmenter:
             self.guidance.check(self.backbone)
             tokens = self.guidance.tokens(parsed)
         preset = preset_for(structure, modality)
-        encoder = self.encoder_for(volume, preset)
+        encoder = self.encoder_for(volume, preset, axis)
         encoded_before = encoder.encoded_count
-        propagator = VolumePropagator(encoder, self.options, tokens)
+        propagator = VolumePropagator(encoder, options, tokens)
         if box is None and not points:
             known = self.backbone.prompt_free_structures
             if structure not in known and (parsed is None or parsed.structure not in known):

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
+
+__all__ = ["atomic_output"]
 
 
 def _temporary_path(final: Path) -> Path:

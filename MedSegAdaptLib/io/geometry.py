@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["Geometry"]
+
 
 @dataclass(frozen=True)
 class Geometry:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+__all__ = ["ctchest4_overlapping_segmentation_path", "ctchest4_segmentation_path", "ctchest4_volume_path"]
+
 
 def _slicerio_data(name: str) -> Path:
     path = Path(str(files("slicerio").joinpath("data", name)))

@@ -10,10 +10,12 @@ import nrrd
 import numpy as np
 import slicerio
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.atomic import atomic_output
 from MedSegAdaptLib.io.geometry import Geometry
 from MedSegAdaptLib.io.terminology import default_color, standard_terminology
+
+__all__ = ["SEGMENTATION_SUFFIX", "Segment", "Segmentation", "read_segmentation", "write_segmentation"]
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 

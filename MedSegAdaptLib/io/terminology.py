@@ -10,6 +10,8 @@ import colorsys
 import copy
 import hashlib
 
+__all__ = ["Color", "default_color", "standard_names", "standard_terminology"]
+
 _CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 _ANATOMICAL_STRUCTURE = ["SCT", "123037004", "Anatomical Structure"]

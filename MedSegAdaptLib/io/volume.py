@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.atomic import atomic_output
 from MedSegAdaptLib.io.geometry import Geometry
+
+__all__ = ["WRITABLE_SUFFIXES", "Volume", "read_volume", "volume_from_array", "write_volume"]
 
 #: Extensions write_volume accepts: single-file formats only, so the atomic rename moves everything.
 WRITABLE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")

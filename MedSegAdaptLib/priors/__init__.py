@@ -1,5 +1,12 @@
-"""Report-guided priors (MedSeg-R cognitive stage): knowledge base and report parsing."""
-from MedSegAdaptLib.priors.knowledge import KnowledgeBase
-from MedSegAdaptLib.priors.report_parser import ParsedReport, parse_report
+"""MedSeg-R's neural priors (cognitive and perceptual stages as nn.Modules) and the text encoder that
+turns attribute texts into their tokens."""
+from __future__ import annotations
 
-__all__ = ["KnowledgeBase", "ParsedReport", "parse_report"]
+from MedSegAdaptLib.core.lazy_exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "AttributeTokens": "modules",
+    "MedSegRPriors": "modules",
+    "TextEncoder": "text_encoder",
+    "attach_priors": "modules",
+})

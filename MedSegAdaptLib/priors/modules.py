@@ -39,8 +39,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-ATTRIBUTES = ("location", "texture", "shape")
-PRIORS = ATTRIBUTES + ("semantic",)
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.knowledge.knowledge_base import ATTRIBUTES, PRIORS
+
+__all__ = [
+    "AttributeTokens",
+    "CognitiveOutput",
+    "CognitiveStage",
+    "MedSegRPriors",
+    "PerceptualStage",
+    "attach_priors",
+]
 
 AttributeTokens = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 """attribute name -> (token embeddings (B, L, text_dim), mask (B, L) bool, True for real tokens)."""
@@ -299,3 +308,17 @@ class MedSegRPriors(nn.Module):
                 raise ValueError(f"{priors.batch} prior sets for {batch} image embeddings; expected {batch} or 1")
             priors = priors.expand(batch)
         return self.perceptual(image_embedding, priors, use)
+
+
+def attach_priors(backbone: nn.Module, use: Collection[str] = PRIORS, text_dim: int = 384,
+                  seed: int = 0) -> nn.Module:
+    """Give `backbone` (a SamBackbone) fresh (identity) MedSeg-R prior modules on its device, in place;
+    their random initialisation depends only on `seed`."""
+    unknown = sorted(set(use) - set(PRIORS))
+    if unknown or not use:
+        raise InputError(f"priors {unknown or 'none'}: expected a non-empty subset of {', '.join(PRIORS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        priors = MedSegRPriors(text_dim=text_dim, use=[p for p in PRIORS if p in use])
+    backbone.priors = priors.to(backbone.device)
+    return backbone

@@ -19,8 +19,10 @@ import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
-from ..errors import InputError
-from ..models.loading import file_sha256
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.hashing import sha256_file
+
+__all__ = ["CLIP_MODEL_TYPES", "MAX_TOKENS", "MINILM_NAME", "TextEncoder"]
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 CLIP_MODEL_TYPES = ("clip", "clip_text_model")
@@ -121,8 +123,8 @@ class TextEncoder:
         """'<model name>@<first 12 hex digits of the weights' SHA-256>', for checkpoints to record."""
         if self._identity is None:
             files = _weight_files(self.folder)
-            digest = file_sha256(files[0]) if len(files) == 1 else hashlib.sha256(
-                "".join(file_sha256(f) for f in files).encode()).hexdigest()
+            digest = sha256_file(files[0]) if len(files) == 1 else hashlib.sha256(
+                "".join(sha256_file(f) for f in files).encode()).hexdigest()
             self._identity = f"{self.name}@{digest[:12]}"
         return self._identity
 

@@ -4,20 +4,19 @@
 synthetic labels in a folder (SQLite manifest plus NRRD files), with review, verify and a
 MONAI-style export of the training view.
 """
-from MedSegAdaptLib.store.records import KINDS, Case, LabelVersion, Review, TrainingRow, VerifyReport
-from MedSegAdaptLib.store.slices import AXES, annotated_region, check_slices, parse_slices
-from MedSegAdaptLib.store.store import FineTuningStore
+from __future__ import annotations
 
-__all__ = [
-    "AXES",
-    "KINDS",
-    "Case",
-    "FineTuningStore",
-    "LabelVersion",
-    "Review",
-    "TrainingRow",
-    "VerifyReport",
-    "annotated_region",
-    "check_slices",
-    "parse_slices",
-]
+from MedSegAdaptLib.core.lazy_exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "Case": "records",
+    "FineTuningStore": "store",
+    "KINDS": "records",
+    "LabelVersion": "records",
+    "Review": "records",
+    "TrainingRow": "records",
+    "VerifyReport": "records",
+    "annotated_region": "slices",
+    "check_slices": "slices",
+    "parse_slices": "slices",
+})

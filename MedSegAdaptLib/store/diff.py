@@ -5,6 +5,8 @@ import numpy as np
 
 from MedSegAdaptLib.store.slices import AnnotatedSlices, annotated_region
 
+__all__ = ["label_diff"]
+
 
 def label_diff(
     label: np.ndarray, prediction: np.ndarray, prediction_version: int, slices: AnnotatedSlices | None

@@ -11,11 +11,23 @@ left an unrecorded file behind.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
 from pathlib import Path
+
+__all__ = [
+    "IMAGES",
+    "LABELS",
+    "MANIFEST_NAME",
+    "data_files",
+    "image_file",
+    "is_temporary",
+    "label_file",
+    "make_dir",
+    "remove_empty_label_folders",
+    "slug",
+]
 
 MANIFEST_NAME = "manifest.sqlite"
 IMAGES = "images"
@@ -57,14 +69,6 @@ def make_dir(path: Path) -> None:
         finally:
             os.close(descriptor)
 
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of the file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_files(root: Path) -> set[str]:

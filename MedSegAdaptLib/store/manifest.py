@@ -11,8 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from MedSegAdaptLib.errors import InputError
-from MedSegAdaptLib.store.schema import SCHEMA_VERSION, STORE_FORMAT, migrate, schema_version
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.store.schema import (
+    SCHEMA_VERSION,
+    STORE_FORMAT,
+    migrate,
+    schema_version,
+)
+
+__all__ = ["BUSY_TIMEOUT_S", "open_manifest", "read_transaction", "write_transaction"]
 
 #: How long a writer waits for another process's write lock before giving up (SQLite busy_timeout).
 BUSY_TIMEOUT_S = 60.0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from MedSegAdaptLib.io import Geometry
 
+__all__ = ["KINDS", "REVIEWED_KINDS", "Case", "LabelVersion", "Review", "TrainingRow", "VerifyReport"]
+
 #: Label kinds. Predictions come from a model; the others are what the model may learn from.
 KINDS = ("prediction", "correction", "pseudo-label", "synthetic")
 #: Kinds that enter 'pending' and count for training only once a reviewer accepts them.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STORE_FORMAT", "migrate", "schema_version"]
+
 #: Value of ``store_info.format``: what marks a SQLite file as a MedSegAdapt fine-tuning store.
 STORE_FORMAT = "medsegadapt-fine-tuning-store"
 

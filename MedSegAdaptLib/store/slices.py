@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.axes import AXIS_NAMES
+from MedSegAdaptLib.core.errors import InputError
 
-AXES = ("i", "j", "k")
+__all__ = ["AnnotatedSlices", "annotated_region", "check_slices", "parse_slices"]
 
 AnnotatedSlices = dict[str, list[int]]
 
@@ -45,9 +46,9 @@ def check_slices(
         return None
     checked: AnnotatedSlices = {}
     for axis, indices in slices.items():
-        if axis not in AXES:
+        if axis not in AXIS_NAMES:
             raise InputError(f"Unknown axis {axis!r} in the annotated slices; expected i, j or k")
-        size = shape[AXES.index(axis)]
+        size = shape[AXIS_NAMES.index(axis)]
         values = sorted({int(index) for index in indices})
         outside = [index for index in values if not 0 <= index < size]
         if outside:
@@ -70,6 +71,6 @@ def annotated_region(shape: tuple[int, int, int], slices: Mapping[str, Sequence[
     region = np.zeros(shape, dtype=bool)
     for axis, indices in slices.items():
         index: list[slice | list[int]] = [slice(None)] * 3
-        index[AXES.index(axis)] = list(indices)
+        index[AXIS_NAMES.index(axis)] = list(indices)
         region[tuple(index)] = True
     return region

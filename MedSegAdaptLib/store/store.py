@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MedSegAdaptLib.errors import InputError
-from MedSegAdaptLib.io.modality import detect_modality
+from MedSegAdaptLib.core.errors import InputError, unknown_name
+from MedSegAdaptLib.core.hashing import sha256_file
 from MedSegAdaptLib.io import (
     Segmentation,
     Volume,
@@ -36,9 +36,14 @@ from MedSegAdaptLib.io import (
     volume_from_array,
     write_volume,
 )
+from MedSegAdaptLib.io.modality import detect_modality
 from MedSegAdaptLib.store import layout
 from MedSegAdaptLib.store.diff import label_diff
-from MedSegAdaptLib.store.manifest import open_manifest, read_transaction, write_transaction
+from MedSegAdaptLib.store.manifest import (
+    open_manifest,
+    read_transaction,
+    write_transaction,
+)
 from MedSegAdaptLib.store.records import (
     KINDS,
     REVIEWED_KINDS,
@@ -58,9 +63,10 @@ from MedSegAdaptLib.store.validation import (
     check_modality,
     check_name,
     check_sha256,
-    unknown,
 )
 from MedSegAdaptLib.store.verify import verify_store
+
+__all__ = ["FineTuningStore"]
 
 PathLike = str | os.PathLike[str]
 
@@ -164,7 +170,7 @@ class FineTuningStore:
                 (
                     case_id,
                     relative,
-                    layout.sha256_file(self.root / relative),
+                    sha256_file(self.root / relative),
                     voxels,
                     modality,
                     json.dumps(dataclasses.asdict(volume.geometry)),
@@ -179,7 +185,7 @@ class FineTuningStore:
         row = self._db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
         if row is None:
             known = [r[0] for r in self._db.execute("SELECT case_id FROM cases ORDER BY case_id")]
-            raise unknown("case", case_id, known, str(self.root))
+            raise unknown_name("case", case_id, known, str(self.root))
         return Case.from_row(row, self.root)
 
     def cases(self) -> list[Case]:
@@ -394,7 +400,7 @@ class FineTuningStore:
                         version,
                         kind,
                         relative,
-                        layout.sha256_file(path),
+                        sha256_file(path),
                         int(np.count_nonzero(mask)),
                         json.dumps(slices) if slices else None,
                         json.dumps(diff) if diff else None,
@@ -449,7 +455,7 @@ class FineTuningStore:
         chosen = [label for label in labels if label.structure.casefold() == structure.strip().casefold()]
         if not chosen:
             names = sorted({label.structure for label in labels})
-            raise unknown("structure", structure, names, f"case {case.case_id!r}")
+            raise unknown_name("structure", structure, names, f"case {case.case_id!r}")
         return chosen
 
     # --- review ----------------------------------------------------------------------------------

@@ -1,17 +1,26 @@
 """Checks on what users hand to the store; each failure is an InputError naming value and expectation."""
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import slicerio
 
-from MedSegAdaptLib.errors import InputError
+from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io import Geometry
 from MedSegAdaptLib.io.modality import MODALITIES
+
+__all__ = [
+    "binary_mask",
+    "case_id_from_path",
+    "check_case_id",
+    "check_geometry",
+    "check_label_values",
+    "check_modality",
+    "check_name",
+    "check_sha256",
+]
 
 _CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -107,13 +116,3 @@ def check_label_values(path: Path) -> None:
                 f"{path} has voxel values {stray[:8]} in layer {layer_index} that belong to no segment "
                 f"(segment values there: {sorted(allowed - {0})}); expected only the segments' label values"
             )
-
-
-def unknown(what: str, value: str, available: Iterable[str], where: str) -> InputError:
-    """InputError for an unknown name, listing the known ones and the closest match."""
-    names = list(available)
-    by_key = {name.casefold(): name for name in names}
-    close = difflib.get_close_matches(value.casefold(), list(by_key), n=1, cutoff=0.5)
-    hint = f"; closest match: {by_key[close[0]]!r}" if close else ""
-    listing = ", ".join(repr(name) for name in names[:20]) or "none"
-    return InputError(f"Unknown {what} {value!r} in {where}; available: {listing}{hint}")

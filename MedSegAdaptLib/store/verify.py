@@ -4,9 +4,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from MedSegAdaptLib.core.hashing import sha256_file
 from MedSegAdaptLib.store import layout
 from MedSegAdaptLib.store.manifest import write_transaction
 from MedSegAdaptLib.store.records import VerifyReport
+
+__all__ = ["verify_store"]
 
 
 def _manifest_problems(connection: sqlite3.Connection) -> list[str]:
@@ -57,7 +60,7 @@ def verify_store(connection: sqlite3.Connection, root: Path, repair: bool = Fals
             report.checked_files += 1
             if not path.is_file():
                 report.problems.append(f"{what}: file {relative} is missing")
-            elif layout.sha256_file(path) != sha256:
+            elif sha256_file(path) != sha256:
                 report.problems.append(f"{what}: file {relative} has changed since it was stored")
         report.leftovers = sorted(layout.data_files(root) - expected.keys())
         if repair and report.ok:

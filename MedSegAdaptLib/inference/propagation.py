@@ -1,0 +1,311 @@
+"""Slice-by-slice volumetric segmentation from a 3D box and/or points.
+
+Starting from the middle slice of the box (or the slice of the foreground points), each next slice
+is prompted with the previous slice's mask box plus a margin, clipped to the 3D box; propagation
+stops when the mask vanishes, when the decoder's predicted IoU drops under a threshold, when the
+intensity inside the mask leaves the start slice's, or at the end of the box.
+
+Backbones trained with boxes only (LiteMedSAM) get no point prompts: foreground points without a
+box become a start box around the region of similar intensity connected to them on their slice.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from skimage.filters import gaussian
+from skimage.measure import label as label_components
+from skimage.segmentation import flood
+
+from MedSegAdaptLib.core.axes import in_plane_axes, put_slice, take_slices
+from MedSegAdaptLib.core.constants import MIN_MASK_AREA
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.progress import ProgressCallback
+from MedSegAdaptLib.inference.preprocess import logits_to_slice, slice_scale
+from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
+from MedSegAdaptLib.inference.slice_encoder import SliceEncoder
+from MedSegAdaptLib.priors.modules import AttributeTokens
+
+__all__ = [
+    "ChainStep",
+    "PropagationChain",
+    "PropagationOptions",
+    "PropagationResult",
+    "StopRule",
+    "VolumePropagator",
+    "intensity_drift",
+    "largest_component",
+    "mask_vanished",
+    "next_prompt_rect",
+    "predicted_iou_below",
+    "prompt_rect",
+]
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    """margin: pixels added around the previous slice's mask box; min_area: a mask with fewer
+    pixels counts as vanished; min_iou: predicted IoU under which propagation stops;
+    max_intensity_shift: propagation stops when the median intensity inside a slice's mask moves
+    further from the start slice's median than this fraction of the clipped intensity range (the
+    mask has left the structure, e.g. from lung into liver at the lung base; on CTChest4 this lifts
+    right/left lung Dice from 0.78/0.74 to 0.88/0.81 and costs the heterogeneous 'tissue' segment
+    0.43 -> 0.19; 1.0 switches the rule off); largest_component: keep only the largest 3D
+    connected component; flood_tolerance: for box-only backbones, the intensity tolerance (fraction
+    of the clipped range) of the region grown from foreground points into a start box."""
+
+    margin: int = 3
+    min_area: int = MIN_MASK_AREA
+    min_iou: float = 0.0
+    max_intensity_shift: float = 0.2
+    largest_component: bool = False
+    flood_tolerance: float = 0.07
+
+
+@dataclass
+class PropagationResult:
+    """mask: (I, J, K) bool; slice_iou: decoder's predicted IoU per processed slice index."""
+
+    mask: np.ndarray
+    start_slice: int
+    slice_iou: dict[int, float] = field(default_factory=dict)
+    stopped_because: dict[str, str] = field(default_factory=dict)
+
+
+def _start_slice(axis: int, box: Box3D | None, points: list[Point3D]) -> int:
+    """The middle slice of the box, else the slice holding most foreground points."""
+    if box is not None:
+        lo, hi = box.slice_range(axis)
+        return (lo + hi) // 2
+    foreground = Counter(p.ijk[axis] for p in points if p.label == 1)
+    if not foreground:
+        raise InputError("points without a box need at least one foreground point (label 1)")
+    return foreground.most_common(1)[0][0]
+
+
+def prompt_rect(rect: np.ndarray, grow: float | np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
+    """The box prompt (x0, y0, x1, y1) float32: `rect` grown outwards by `grow` pixels (one number, or
+    one per side as (4,)), clipped to `bounds` (x0, y0, x1, y1) when given and never flipped."""
+    grown = np.asarray(rect, np.float32) + np.array([-1, -1, 1, 1], np.float32) * np.asarray(grow, np.float32)
+    if bounds is None:
+        return grown
+    low, high = np.asarray(bounds, np.float32)[[0, 1, 0, 1]], np.asarray(bounds, np.float32)[[2, 3, 2, 3]]
+    clipped = np.clip(grown, low, high)
+    clipped[2:] = np.maximum(clipped[2:], clipped[:2])
+    return clipped
+
+
+def next_prompt_rect(previous: np.ndarray, margin: float, bounds: np.ndarray) -> np.ndarray:
+    """The propagation rule: the next slice's box prompt is the (H, W) `previous` mask's bounding box
+    plus `margin` pixels, clipped to `bounds` (the 3D box's rectangle, or the whole slice)."""
+    return prompt_rect(mask_rect(previous), margin, bounds)
+
+
+StopRule = Callable[[int, np.ndarray, float], "str | None"]
+"""rule(slice index, decoded (H, W) mask, predicted IoU) -> why the chain stops there, or None."""
+
+
+def mask_vanished(min_area: int) -> StopRule:
+    """Stop where the decoded mask has fewer than `min_area` pixels."""
+    return lambda index, mask, iou: f"mask vanished at slice {index}" if mask.sum() < min_area else None
+
+
+def predicted_iou_below(min_iou: float) -> StopRule:
+    """Stop where the decoder's predicted IoU drops under `min_iou`."""
+    return lambda index, mask, iou: f"predicted IoU {iou:.2f} < {min_iou} at slice {index}" if iou < min_iou else None
+
+
+def intensity_drift(clipped: np.ndarray, axis: int, reference: float, tolerance: float) -> StopRule:
+    """Stop where the median clipped intensity inside the mask leaves `reference` +- `tolerance`."""
+
+    def rule(index: int, mask: np.ndarray, iou: float) -> str | None:
+        median = float(np.median(take_slices(clipped, axis, [index])[0][mask]))
+        if abs(median - reference) > tolerance:
+            return f"median intensity {median:.0f} left {reference:.0f} +- {tolerance:.0f} at slice {index}"
+        return None
+
+    return rule
+
+
+@dataclass
+class ChainStep:
+    """One decoded slice of a chain: logits (H, W) float32 on the CPU, mask (H, W) bool, predicted IoU,
+    and `stop`, the reason the chain ends here (the slice is then not part of the result), else None."""
+
+    index: int
+    logits: torch.Tensor
+    mask: np.ndarray
+    iou: float
+    stop: str | None = None
+
+
+class PropagationChain:
+    """Slices decoded one after another from a seed slice's mask, in one direction (`step` +1 or -1).
+
+    Each next slice is prompted by next_prompt_rect of the previous mask (points on that slice, if any,
+    go with the box). Before a slice is decoded, `may_enter(index)` may refuse it (end of range, an
+    annotated slice, ...); after, the first of `stop_rules` that fires ends the chain there. Iterating
+    yields every decoded slice, the one that stopped the chain last (with its `stop`);
+    `stopped_because` then says why the chain ended.
+    """
+
+    def __init__(self, propagator: VolumePropagator, seed_index: int, seed_mask: np.ndarray, step: int,
+                 bounds: np.ndarray, may_enter: Callable[[int], str | None], stop_rules: Sequence[StopRule],
+                 points_on: Mapping[int, list[Point3D]] | None = None) -> None:
+        self.propagator = propagator
+        self.seed_index, self.seed_mask, self.step = seed_index, seed_mask, step
+        self.bounds, self.may_enter, self.stop_rules = bounds, may_enter, stop_rules
+        self.points_on = points_on or {}
+        self.stopped_because = ""
+
+    def __iter__(self) -> Iterator[ChainStep]:
+        encoder, step = self.propagator.encoder, self.step
+        previous, index = self.seed_mask, self.seed_index + step
+        while True:
+            refused = self.may_enter(index)
+            if refused is not None:
+                self.stopped_because = refused
+                return
+            encoder.ensure([i for i in range(index, index + step * encoder.batch_size, step) if self.may_enter(i) is None])
+            rect = next_prompt_rect(previous, self.propagator.options.margin, self.bounds)
+            logits, iou = self.propagator.predict_logits(index, rect[None], self.points_on.get(index, []))
+            mask, score = (logits[0] > 0).numpy(), float(iou[0])
+            stop = next((reason for rule in self.stop_rules if (reason := rule(index, mask, score)) is not None), None)
+            yield ChainStep(index, logits[0], mask, score, stop)
+            if stop is not None:
+                self.stopped_because = stop
+                return
+            previous, index = mask, index + step
+
+
+class VolumePropagator:
+    """Runs the decoder slice by slice over cached embeddings of one prepared volume."""
+
+    def __init__(self, encoder: SliceEncoder, options: PropagationOptions = PropagationOptions(),
+                 prior_tokens: AttributeTokens | None = None) -> None:
+        """prior_tokens: MedSeg-R attribute tokens for a backbone with priors (see MedSegAdaptLib.priors)."""
+        self.encoder = encoder
+        self.options = options
+        self.prior_tokens = prior_tokens
+        self.axis = encoder.axis
+        self.shape = encoder.clipped.shape
+        x_axis, y_axis = in_plane_axes(self.axis)
+        self.height, self.width = self.shape[y_axis], self.shape[x_axis]
+        self.scale = slice_scale(self.height, self.width, encoder.backbone.spec.image_size)
+
+    @torch.inference_mode()
+    def predict_logits(self, index: int, rects: np.ndarray | None,
+                       points: Sequence[Point3D] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, H, W) float32 on the CPU, on the slice grid, and predicted IoU (N,) for one slice
+        decoded with N box prompts rects (N, 4) x0, y0, x1, y1 in slice pixels (one decoder call), or
+        once without a box for rects None; the same points (if any) go with every box."""
+        backbone = self.encoder.backbone
+        device = backbone.device
+        count = 1 if rects is None else len(rects)
+        boxes = None if rects is None else torch.as_tensor(rects * self.scale, dtype=torch.float32, device=device)
+        coords = labels = None
+        if points:
+            coords = torch.tensor([[p.xy(self.axis) for p in points]], dtype=torch.float32, device=device) * self.scale
+            labels = torch.tensor([[p.label for p in points]], dtype=torch.int64, device=device)
+            coords, labels = coords.expand(count, -1, -1), labels.expand(count, -1)
+        logits, iou = backbone.decode(self.encoder.embedding(index), boxes=boxes, points=coords, point_labels=labels,
+                                      prior_tokens=self.prior_tokens)
+        return logits_to_slice(logits, self.height, self.width, backbone.spec.image_size).float().cpu(), iou[:, 0]
+
+    def predict_slice(self, index: int, rect: np.ndarray | None, points: Sequence[Point3D] = ()) -> tuple[np.ndarray, float]:
+        """(H, W) bool mask and predicted IoU for one slice; rect (x0, y0, x1, y1) in slice pixels."""
+        logits, iou = self.predict_logits(index, None if rect is None else rect[None], points)
+        return (logits[0] > 0).numpy(), float(iou[0])
+
+    def _flood_rect(self, index: int, seeds: list[Point3D]) -> np.ndarray:
+        """Box (x0, y0, x1, y1) around the regions of similar intensity connected to the seeds."""
+        image = gaussian(take_slices(self.encoder.clipped, self.axis, [index])[0], sigma=1.0, preserve_range=True)
+        tolerance = self.options.flood_tolerance * float(image.max() - image.min())
+        region = np.zeros(image.shape, dtype=bool)
+        for seed in seeds:
+            x, y = seed.xy(self.axis)
+            region |= flood(image, (y, x), tolerance=tolerance)
+        return prompt_rect(mask_rect(region), self.options.margin)
+
+    def run_without_prompt(self, progress: ProgressCallback | None = None) -> PropagationResult:
+        """Prompt-free segmentation (a decoder fine-tuned for it): every slice decoded without a
+        prompt, masks under min_area dropped, then the largest 3D connected component kept."""
+        count = self.shape[self.axis]
+        result = PropagationResult(np.zeros(self.shape, dtype=bool), count // 2)
+        self.encoder.ensure(list(range(count)), progress)  # every slice is needed: encode in batches
+        for index in range(count):
+            mask, iou = self.predict_slice(index, None, [])
+            result.slice_iou[index] = iou
+            if mask.sum() >= self.options.min_area:
+                put_slice(result.mask, self.axis, index, mask)
+            if progress is not None:
+                progress("decoding without prompt", index + 1, count)
+        result.mask = largest_component(result.mask)
+        result.stopped_because["all"] = "every slice decoded without a prompt"
+        return result
+
+    def run(self, box: Box3D | None = None, points: tuple[Point3D, ...] | list[Point3D] = (),
+            progress: ProgressCallback | None = None) -> PropagationResult:
+        """Segment the structure inside `box` and/or marked by `points` (IJK)."""
+        points = list(points)
+        if box is None and not points:
+            raise InputError("segmentation needs a box or at least one point")
+        if box is not None:
+            box.validate(self.shape)
+        for point in points:
+            point.validate(self.shape)
+        axis, opts = self.axis, self.options
+        lo, hi = box.slice_range(axis) if box is not None else (0, self.shape[axis] - 1)
+        bounds = box.rect(axis) if box is not None else np.array([0, 0, self.width - 1, self.height - 1], np.float32)
+        start = _start_slice(axis, box, points)
+        first_rect = bounds if box is not None else None
+        if not self.encoder.backbone.spec.point_prompts:
+            if box is None:
+                first_rect = self._flood_rect(start, [p for p in points if p.label == 1 and p.ijk[axis] == start])
+            points = []
+        points_on = {k: [p for p in points if p.ijk[axis] == k] for k in {p.ijk[axis] for p in points}}
+
+        result = PropagationResult(np.zeros(self.shape, dtype=bool), start)
+        self.encoder.ensure([start], progress)
+        mask, iou = self.predict_slice(start, first_rect, points_on.get(start, []))
+        result.slice_iou[start] = iou
+        if mask.sum() < opts.min_area:
+            result.stopped_because["start"] = f"empty mask on the start slice {start}"
+            return result
+        put_slice(result.mask, axis, start, mask)
+        clipped = self.encoder.clipped
+        start_median = float(np.median(take_slices(clipped, axis, [start])[0][mask]))
+        tolerance = opts.max_intensity_shift * float(clipped.max() - clipped.min())
+        stop_rules = (mask_vanished(opts.min_area), predicted_iou_below(opts.min_iou),
+                      intensity_drift(clipped, axis, start_median, tolerance))
+
+        done, total = 1, hi - lo + 1
+        for step, name in ((1, "up"), (-1, "down")):
+            def within(index: int, step: int = step) -> str | None:
+                return None if lo <= index <= hi else f"end of range at slice {index - step}"
+
+            chain = PropagationChain(self, start, mask, step, bounds, within, stop_rules, points_on)
+            for decoded in chain:
+                result.slice_iou[decoded.index] = decoded.iou
+                done += 1
+                if progress is not None:
+                    progress("propagating", done, total)
+                if decoded.stop is None:
+                    put_slice(result.mask, axis, decoded.index, decoded.mask)
+            result.stopped_because[name] = chain.stopped_because
+        if opts.largest_component:
+            result.mask = largest_component(result.mask)
+        return result
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of an (I, J, K) bool mask."""
+    labels = label_components(mask, connectivity=3)
+    if labels.max() == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == sizes.argmax()
