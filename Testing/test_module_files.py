@@ -14,7 +14,9 @@ import pytest
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "MedSegAdapt"
 MODULE_FILE = MODULE_DIR / "MedSegAdapt.py"
-LOGIC_FILE = MODULE_DIR / "MedSegAdaptLogic.py"
+LOGIC_PACKAGE = MODULE_DIR / "MedSegAdaptLogic"
+LOGIC_FILE = LOGIC_PACKAGE / "logic.py"
+LIBRARY_DIR = MODULE_DIR.parent / "MedSegAdaptLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegAdapt.ui"
 CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
 
@@ -107,12 +109,53 @@ def parameter_fields() -> set[str]:
     raise AssertionError(f"no @parameterNodeWrapper class in {MODULE_FILE.name}")
 
 
-def test_the_rank_for_choices_are_the_library_ranking_purposes():
+def test_the_widget_takes_its_choice_lists_from_the_library():
+    from MedSegAdaptLib.core.choices import DEVICE_CHOICES, RANKING_PURPOSE_NAMES
+    from MedSegAdaptLib.models.device import resolve_device
     from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
 
-    assignment = next(node for node in ast.parse(MODULE_FILE.read_text()).body if isinstance(node, ast.Assign)
-                      and getattr(node.targets[0], "id", None) == "RANKING_PURPOSE_NAMES")
-    assert ast.literal_eval(assignment.value) == list(RANKING_PURPOSES)
+    assert tuple(RANKING_PURPOSES) == RANKING_PURPOSE_NAMES
+    assert all(str(resolve_device(choice)) for choice in DEVICE_CHOICES if choice != "cuda")
+    tree = ast.parse(MODULE_FILE.read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "MedSegAdaptLib.core.choices" for alias in node.names}
+    assert imported == {"DEVICE_CHOICES", "RANKING_PURPOSE_NAMES"}
+    # No copy of the library's lists in the module: no list or tuple literal of three or more strings
+    # (the dependency list, the devices, the structures) beyond the fallback of a missing library.
+    literals = [node for node in ast.walk(tree) if isinstance(node, (ast.List, ast.Tuple)) and len(node.elts) >= 3
+                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)]
+    assert not [ast.literal_eval(node) for node in literals if {"torch", "auto", "right lung"} & set(
+        ast.literal_eval(node))]
+
+
+def ui_spin_box_ranges() -> dict[str, tuple[int, int]]:
+    """{SlicerParameterName: (minimum, maximum)} of the .ui's bound spin boxes."""
+    ranges = {}
+    for widget in ui_tree().iter("widget"):
+        if widget.get("class") != "QSpinBox":
+            continue
+        properties = {p.get("name"): p for p in widget.findall("property")}
+        name = properties["SlicerParameterName"].findtext("string")
+        ranges[name] = (int(properties["minimum"].findtext("number")), int(properties["maximum"].findtext("number")))
+    return ranges
+
+
+def test_int_parameters_keep_the_ui_spin_box_limits():
+    """The parameter-node connector sets a bound spin box's range from the annotation, to +-2^31 without one."""
+    annotations = {}
+    for node in ast.parse(MODULE_FILE.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == "MedSegAdaptParameterNode":
+            annotations = {s.target.id: s.annotation for s in node.body if isinstance(s, ast.AnnAssign)}
+    ranges = ui_spin_box_ranges()
+    assert set(ranges) == {"budget", "epochs", "environmentCount"}
+    for name, limits in ranges.items():
+        annotation = annotations[name]
+        assert isinstance(annotation, ast.Subscript) and annotation.value.id == "Annotated", name
+        kind, *validators = annotation.slice.elts
+        assert kind.id == "int", name
+        within = [v for v in validators if isinstance(v, ast.Call) and v.func.id == "WithinRange"]
+        assert within, f"{name} has no WithinRange: the spin box would accept -2^31..2^31-1"
+        assert tuple(ast.literal_eval(a) for a in within[0].args) == limits, name
 
 
 def test_slicer_parameter_names_in_ui_are_parameter_node_fields():
@@ -145,20 +188,32 @@ def test_logic_methods_the_widget_calls_exist():
                        if isinstance(node, ast.ClassDef) and node.name == "MedSegAdaptLogic")
     logic_names = {node.name for node in logic_class.body if isinstance(node, ast.FunctionDef)}
     logic_names |= {target.id for node in logic_class.body if isinstance(node, ast.Assign) for target in node.targets}
-    module_names = {node.name for node in ast.parse(LOGIC_FILE.read_text()).body
-                    if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    called, module_called = set(), set()
+    called = set()
     for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
         if isinstance(node, ast.Attribute):
             owner = node.value
-            if (isinstance(owner, ast.Name) and owner.id == "core") or (
-                    isinstance(owner, ast.Attribute) and owner.attr == "core"):
+            if (isinstance(owner, ast.Name) and owner.id == "logic") or (
+                    isinstance(owner, ast.Attribute) and owner.attr == "logic"):
                 called.add(node.attr)
-            elif isinstance(owner, ast.Call) and getattr(owner.func, "id", None) == "_logic_base":
-                module_called.add(node.attr)
-    assert {"prepare_suggestion", "run_suggestion", "fine_tune", "review", "preview_label"} <= called
+    assert {"prepare", "apply", "prepare_suggestion", "run_suggestion", "fine_tune", "review", "preview_label"} <= called
     assert not called - logic_names, f"the widget calls Logic methods that do not exist: {sorted(called - logic_names)}"
-    assert not module_called - module_names, sorted(module_called - module_names)
+
+
+def test_one_logic_class_without_forwarding():
+    """One Logic class (in the package), no ``__getattr__`` forwarding, none in the module file."""
+    classes = {}
+    for path in [MODULE_FILE, *sorted(LOGIC_PACKAGE.glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Logic"):
+                classes.setdefault(node.name, []).append(path.name)
+            assert not (isinstance(node, ast.FunctionDef) and node.name == "__getattr__"), path.name
+    assert classes == {"MedSegAdaptLogic": ["logic.py"]}
+
+
+def test_only_scripted_module_files_at_the_top_of_the_module_folder():
+    """Slicer's factory loads each top-level .py as a module named after the file."""
+    assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["MedSegAdapt.py"]
+    assert sorted(p.name for p in MODULE_DIR.glob("*.pyc")) == []
 
 
 def test_every_file_listed_in_cmake_exists():
@@ -179,7 +234,50 @@ def test_every_module_file_is_listed_in_cmake():
     assert resource_files - resources == set(), "resources not installed by CMake"
 
 
-@pytest.mark.parametrize("path", [MODULE_FILE, LOGIC_FILE], ids=lambda p: p.name)
+def library_files(*suffixes: str) -> set[str]:
+    return {p.relative_to(LIBRARY_DIR).as_posix() for p in LIBRARY_DIR.rglob("*")
+            if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.parts}
+
+
+def test_cmake_installs_every_library_file_with_the_module():
+    """An extension from the Extensions Manager has only what CMake installs (issue: no MedSegAdaptLib)."""
+    text = CMAKE_FILE.read_text()
+    assert re.search(r"set\(MEDSEGADAPTLIB_SOURCE_DIR \$\{CMAKE_CURRENT_SOURCE_DIR\}/\.\./MedSegAdaptLib\)", text)
+    scripts, resources = cmake_list("MEDSEGADAPTLIB_PYTHON_SCRIPTS"), cmake_list("MEDSEGADAPTLIB_PYTHON_RESOURCES")
+    assert set(scripts) == library_files(".py"), "library .py files missing from (or stale in) the CMake list"
+    assert set(resources) == library_files(".json"), "library data files missing from (or stale in) the CMake list"
+    loop = re.search(r"foreach\(_file IN LISTS MEDSEGADAPTLIB_PYTHON_SCRIPTS MEDSEGADAPTLIB_PYTHON_RESOURCES\)"
+                     r"(.*?)endforeach\(\)", text, re.S)
+    assert loop, "the library lists are not installed"
+    body = " ".join(loop.group(1).split())
+    # Into the build tree beside MedSegAdapt.py, and installed there (where library.py looks first).
+    assert ("${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/MedSegAdaptLib/${_file} COPYONLY") in body
+    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/MedSegAdaptLib/${_folder}" in body
+    assert "install( FILES ${MEDSEGADAPTLIB_SOURCE_DIR}/${_file}" in body
+
+
+def test_extension_metadata_is_complete():
+    text = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
+    values = dict(re.findall(r'set\((EXTENSION_\w+) "(.*?)"\)', text))
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert values.get(f"EXTENSION_{key}"), f"EXTENSION_{key} is empty"
+    assert values["EXTENSION_DEPENDS"] == "PyTorch"
+    for url in values["EXTENSION_SCREENSHOTURLS"].split():
+        assert (MODULE_DIR.parent / url.split("/main/", 1)[1]).is_file(), url
+
+
+def test_self_test_is_registered_with_ctest_and_installs_nothing():
+    text = CMAKE_FILE.read_text()
+    assert re.search(r"if\(BUILD_TESTING\)\s*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
+    test_class = next(node for node in ast.parse(MODULE_FILE.read_text()).body
+                      if isinstance(node, ast.ClassDef) and node.name == "MedSegAdaptTest")
+    names = {node.attr if isinstance(node, ast.Attribute) else node.id for node in ast.walk(test_class)
+             if isinstance(node, (ast.Attribute, ast.Name))}
+    assert not names & {"pip_install", "install", "ensure_dependencies", "dependencyInstaller"}
+    assert {"skipTest", "click", "applyButton", "submitCorrectionButton"} <= names  # it drives the widget
+
+
+@pytest.mark.parametrize("path", [MODULE_FILE, *sorted(LOGIC_PACKAGE.glob("*.py"))], ids=lambda p: p.name)
 def test_module_files_compile(path):
     compile(path.read_text(), str(path), "exec")
 
@@ -194,13 +292,34 @@ def top_level_imports(path: Path) -> set[str]:
     return names
 
 
-def test_logic_imports_no_qt_and_no_scripted_module_base():
-    imports = top_level_imports(LOGIC_FILE)
+def all_imports(path: Path) -> set[str]:
+    """Every module an import statement anywhere in the file names (function-local ones included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(("." * node.level) + node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(LOGIC_PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_logic_imports_no_qt_and_no_scripted_module_base(path):
     forbidden = {"qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.util"}
-    assert not imports & forbidden, imports & forbidden
+    assert not all_imports(path) & forbidden, all_imports(path) & forbidden
+
+
+#: The package modules the scripted module imports at load time: they must need nothing that may be missing.
+LOAD_TIME_MODULES = ("library", "state", "worker")
 
 
 def test_module_loads_before_dependencies_are_installed():
-    # Slicer imports the module at start-up: MedSegAdaptLib (torch...) may not be installed yet.
+    # Slicer imports the module at start-up: MedSegAdaptLib's dependencies (torch...) may not be installed yet.
     imports = top_level_imports(MODULE_FILE)
-    assert not any(name.split(".")[0] in {"MedSegAdaptLib", "MedSegAdaptLogic", "torch", "numpy"} for name in imports)
+    assert {"MedSegAdaptLogic.library", "MedSegAdaptLogic.state", "MedSegAdaptLogic.worker"} <= imports
+    assert not any(name.split(".")[0] in {"MedSegAdaptLib", "torch", "numpy"} for name in imports)
+    assert not {name for name in imports if name.startswith("MedSegAdaptLogic.")} - {
+        f"MedSegAdaptLogic.{m}" for m in LOAD_TIME_MODULES}
+    for module in LOAD_TIME_MODULES + ("__init__", "dependencies"):
+        imported = {name.split(".")[0] for name in top_level_imports(LOGIC_PACKAGE / f"{module}.py")}
+        assert not imported & {"MedSegAdaptLib", "torch", "numpy", "slicer", "vtk", "qt"}, (module, imported)

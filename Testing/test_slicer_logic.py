@@ -28,14 +28,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegAdapt"))
 
-import MedSegAdaptLogic as logic_module  # noqa: E402
-from MedSegAdaptLogic import (  # noqa: E402
-    Job,
-    MedSegAdaptLogic,
-    SegmentationCancelled,
-    Worker,
+from MedSegAdaptLogic.logic import MedSegAdaptLogic  # noqa: E402
+from MedSegAdaptLogic.scene import (  # noqa: E402
     box_from_roi,
-    dice,
     fiducials_from_points,
     geometry_from_volume_node,
     label_arrays_from_node,
@@ -51,9 +46,11 @@ from MedSegAdaptLogic import (  # noqa: E402
     volume_from_node,
     volume_to_node,
 )
+from MedSegAdaptLogic.worker import Job, SegmentationCancelled, Worker, progress_text  # noqa: E402
 from slicer_scene import make_scene  # noqa: E402
 
 from MedSegAdaptLib.core.errors import InputError  # noqa: E402
+from MedSegAdaptLib.evaluation.metrics import dice  # noqa: E402
 from MedSegAdaptLib.inference import Box3D, Point3D  # noqa: E402
 from MedSegAdaptLib.io import (  # noqa: E402
     ctchest4_segmentation_path,
@@ -608,7 +605,7 @@ def test_fine_tune_on_the_worker_reports_epochs_and_plots_them(tmp_path, app, lo
     assert job.state == "done", job.error
     result = job.result
     assert [r["epoch"] for r in records] == [1, 2] and result.history == records
-    assert logic_module.progress_text(job.stage, job.done, job.total) == "Epoch 2/2, step 2/2"
+    assert progress_text(job.stage, job.done, job.total) == "Epoch 2/2, step 2/2"
     table_node = training_history_table(records, app.scene)
     _assert_rows_equal(table_node, result.history)
     assert records[1]["train_loss"] < records[0]["train_loss"]
@@ -679,7 +676,7 @@ def test_semi_supervised_fine_tuning_then_environment_samples_on_the_worker(tmp_
     finally:
         worker.stop()
     assert job.state == "done", job.error
-    assert logic_module.progress_text(job.stage, job.done, job.total).endswith("1/1")
+    assert progress_text(job.stage, job.done, job.total).endswith("1/1")
     (label,) = job.result
     assert label.structure == "left lung" and label.accepted == label.validation.passed
     assert logic.summarize_samples(job.result)["left lung"]["generated"] == 1
@@ -783,10 +780,10 @@ def test_worker_job_cancels_at_next_progress_report():
 
 
 def test_progress_text():
-    assert logic_module.progress_text("encoding slices", 3, 34) == "Encoding slices 3/34"
-    assert logic_module.progress_text("propagating", 0, 0) == "Propagating"
-    assert logic_module.progress_text("scoring slices", 3, 7) == "Scoring slices 3/7"
-    assert logic_module.progress_text("fine-tuning epoch 2/10", 5, 8) == "Epoch 2/10, step 5/8"
+    assert progress_text("encoding slices", 3, 34) == "Encoding slices 3/34"
+    assert progress_text("propagating", 0, 0) == "Propagating"
+    assert progress_text("scoring slices", 3, 7) == "Scoring slices 3/7"
+    assert progress_text("fine-tuning epoch 2/10", 5, 8) == "Epoch 2/10, step 5/8"
 
 
 def test_job_cancelled_before_start_never_runs():

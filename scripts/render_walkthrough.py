@@ -35,9 +35,8 @@ try:
 except ImportError as error:
     sys.exit(f"render_walkthrough needs slicer-core and vtk ({error}); pip install slicer-core vtk")
 
-from MedSegAdaptLogic import (  # noqa: E402
-    MedSegAdaptLogic,
-    dice,
+from MedSegAdaptLogic.logic import MedSegAdaptLogic  # noqa: E402
+from MedSegAdaptLogic.scene import (  # noqa: E402
     roi_from_box,
     segment_ids,
     segmentation_from_node,
@@ -49,6 +48,7 @@ from slicer_scene import SlicerScene, make_scene  # noqa: E402
 
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.demos.quick import DEMO_STRUCTURES  # noqa: E402
+from MedSegAdaptLib.evaluation.metrics import dice  # noqa: E402
 from MedSegAdaptLib.evaluation.overlay import DISPLAY_WINDOW, render_slices  # noqa: E402
 from MedSegAdaptLib.inference import Box3D  # noqa: E402
 from MedSegAdaptLib.io import (  # noqa: E402

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from MedSegAdaptLib.core.choices import DEVICE_CHOICES
 from MedSegAdaptLib.core.errors import InputError
 
 __all__ = ["DEVICE_CHOICES", "resolve_device"]
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(choice: str) -> torch.device:

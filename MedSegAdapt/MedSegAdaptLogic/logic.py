@@ -1,0 +1,524 @@
+"""The module's Logic: one class over MedSegAdaptLib for segmentation, suggestions, corrections,
+fine-tuning, environment samples and review, usable from the widget, Slicer's Python console and tests.
+
+No Qt and no ``slicer.ScriptedLoadableModule`` (tests run it on a real ``slicer-core`` scene). Scene
+work (:meth:`~MedSegAdaptLogic.prepare`, :meth:`~MedSegAdaptLogic.apply`,
+:meth:`~MedSegAdaptLogic.prepare_suggestion`, :meth:`~MedSegAdaptLogic.preview_label`) runs on the
+main thread; model work (:meth:`~MedSegAdaptLogic.run_model`, :meth:`~MedSegAdaptLogic.run_suggestion`,
+:meth:`~MedSegAdaptLogic.fine_tune`) may run on the worker thread.
+
+In Slicer::
+
+    from MedSegAdaptLogic.logic import MedSegAdaptLogic
+    logic = MedSegAdaptLogic()
+    segment_id = logic.segment(getNode("CTChest"), getNode("Segmentation"), "right lung", roi_node=getNode("R"))
+    for s in logic.suggest(getNode("CTChest"), "right lung", 3, roi_node=getNode("R")):
+        print(s.axis, s.index, round(s.score, 2), s.reason)
+    result = logic.fine_tune("/data/store", "/data/finetuned.pt", logic.fine_tune_options(epochs=5))
+    chart = logic.training_history_chart(logic.training_history_table(result.history, slicer.mrmlScene))
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from MedSegAdaptLib.core.axes import AXIS_NAMES
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.progress import ProgressCallback
+from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D
+from MedSegAdaptLib.io import Volume
+
+from .scene import (
+    axis_number,
+    box_from_roi,
+    fiducials_from_points,
+    find_segment_id,
+    geometry_from_volume_node,
+    is_unedited_model_output,
+    label_arrays_from_node,
+    mark_model_output,
+    node_in_scene,
+    points_from_node,
+    prompts_from_nodes,
+    require_segment_id,
+    roi_from_box,
+    segment_mask,
+    segmentation_from_node,
+    set_segment_mask,
+    show_slice,
+    slice_position_ras,
+    training_history_chart,
+    training_history_table,
+    unique_segment_name,
+    volume_from_node,
+    volume_to_node,
+)
+from .state import parameter_node
+
+__all__ = ["MedSegAdaptLogic", "SegmentationRequest", "SuggestionRequest"]
+
+logger = logging.getLogger("MedSegAdapt")
+
+# --- the fine-tuning store ---------------------------------------------------------------------
+
+
+def _store_folder(store_path: str | os.PathLike | None) -> Path:
+    """``store_path`` as a Path; InputError when none was given."""
+    if not str(store_path or "").strip():
+        raise InputError("No fine-tuning store folder given; expected a folder path")
+    return Path(store_path)
+
+
+def _open_store(store_path: str | os.PathLike | None):
+    """The existing fine-tuning store at ``store_path`` (InputError when it is not a store)."""
+    from MedSegAdaptLib.store import FineTuningStore
+
+    return FineTuningStore(_store_folder(store_path))
+
+
+def _existing_case(store_path: str | os.PathLike | None, case_id: str | None) -> str | None:
+    """The id of case ``case_id`` in the store, or None when no store or no such case exists yet
+    (a new or empty folder is a store that has not been created yet)."""
+    if not str(store_path or "").strip() or not str(case_id or "").strip():
+        return None
+    folder = Path(store_path)
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return None
+    with _open_store(folder) as store:
+        return next((case.case_id for case in store.cases() if case.case_id.casefold() == case_id.strip().casefold()),
+                    None)
+
+
+# --- the Logic -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationRequest:
+    """What the model needs, taken from the scene on the main thread (MRML is not thread-safe)."""
+
+    volume: Volume
+    structure: str
+    box: Box3D | None = None
+    points: list[Point3D] = field(default_factory=list)
+    modality: str = "auto"
+    report: str | None = None
+
+
+@dataclass
+class SuggestionRequest:
+    """What suggesting slices needs, taken from the scene on the main thread.
+
+    store_path / case_id: the fine-tuning store and the volume's case there, whose annotated slices
+    are skipped; axis: 'i', 'j' or 'k'; purpose: what the slices are ranked for, a key of
+    ``RANKING_PURPOSES`` ('training': labels that teach most, spread over the structure; 'correction': where the
+    model is most wrong).
+    """
+
+    volume: Volume
+    structure: str
+    budget: int
+    box: Box3D | None = None
+    points: list[Point3D] = field(default_factory=list)
+    store_path: str | None = None
+    case_id: str | None = None
+    axis: str = "k"
+    purpose: str = "training"
+
+
+class MedSegAdaptLogic:
+    """Slicer-free Logic of the module: conversions, segmentation, suggestions, corrections,
+    fine-tuning and review.
+
+    The backbone is loaded on first use and kept for later calls; slice embeddings are kept in one
+    cache shared by segmentation, suggestions and fine-tuning. Scene work (:meth:`prepare`,
+    :meth:`apply`, :meth:`prepare_suggestion`, :meth:`preview_label`) must run on the main thread;
+    model work (:meth:`run_model`, :meth:`run_suggestion`, :meth:`fine_tune`) may run on a worker thread.
+    """
+
+    def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
+        self.checkpoint = checkpoint or None
+        self.device = device
+        self.embedding_cache = EmbeddingCache()
+        self._segmenter = None
+        self._segmenter_key: tuple | None = None
+        self._pretrained: tuple[str, Any] | None = None  # (device, Segmenter) of the packaged LiteMedSAM
+        self._lock = threading.Lock()
+        self.last_outcome = None
+
+    # conversions, as methods so the Slicer console finds them on the logic object
+    volume_from_node = staticmethod(volume_from_node)
+    volume_to_node = staticmethod(volume_to_node)
+    geometry_from_volume_node = staticmethod(geometry_from_volume_node)
+    segmentation_from_node = staticmethod(segmentation_from_node)
+    label_arrays_from_node = staticmethod(label_arrays_from_node)
+    segment_mask = staticmethod(segment_mask)
+    set_segment_mask = staticmethod(set_segment_mask)
+    box_from_roi = staticmethod(box_from_roi)
+    roi_from_box = staticmethod(roi_from_box)
+    points_from_node = staticmethod(points_from_node)
+    fiducials_from_points = staticmethod(fiducials_from_points)
+    slice_position_ras = staticmethod(slice_position_ras)
+    training_history_table = staticmethod(training_history_table)
+    training_history_chart = staticmethod(training_history_chart)
+    show_slice = staticmethod(show_slice)
+
+    # the module's parameter node (see .state: the widget needs it before the dependencies are installed)
+    parameter_node = staticmethod(parameter_node)
+
+    # model
+
+    def configure(self, checkpoint: str | None = None, device: str | None = None) -> None:
+        """Change checkpoint or device; the model reloads on next use only if they changed."""
+        self.checkpoint = checkpoint or None
+        if device is not None:
+            self.device = device
+
+    def segmenter(self):
+        """The ``Segmenter`` for the configured checkpoint and device, loaded once and kept (reloaded
+        when the checkpoint file changes, e.g. after fine-tuning into it)."""
+        from MedSegAdaptLib.inference import Segmenter
+        from MedSegAdaptLib.models import load_backbone
+        from MedSegAdaptLib.models.device import resolve_device
+
+        written = os.stat(self.checkpoint).st_mtime_ns if self.checkpoint and os.path.isfile(self.checkpoint) else None
+        key = (self.checkpoint, written, self.device)
+        with self._lock:
+            if self._segmenter is None or self._segmenter_key != key:
+                started = time.perf_counter()
+                backbone = load_backbone(
+                    checkpoint=self.checkpoint, device=resolve_device(self.device), for_inference=True
+                )
+                self._segmenter, self._segmenter_key = Segmenter(backbone, self.embedding_cache), key
+                logger.info("MedSegAdapt: loaded %s on %s in %.1f s", backbone.spec.name, self.device,
+                            time.perf_counter() - started)
+            return self._segmenter
+
+    # segmentation in three steps (main thread, any thread, main thread)
+
+    def prepare(self, volume_node, structure: str, roi_node=None, points_node=None,
+                background_points_node=None, modality: str = "auto", report: str | None = None) -> SegmentationRequest:
+        """Read the inputs out of the scene. Main thread.
+
+        report: free text that names the structure when ``structure`` is empty and, with a checkpoint
+        fine-tuned with MedSeg-R priors, steers the model. Without ROI and points, only a fine-tuned
+        checkpoint can segment (prompt-free, for the structures it was trained on).
+        """
+        if volume_node is None:
+            raise InputError("No input volume selected; expected a scalar volume")
+        structure = (structure or "").strip()
+        report = (report or "").strip() or None
+        if not structure and report is None:
+            raise InputError("No structure given; expected a structure name such as 'right lung', or a report")
+        volume = volume_from_node(volume_node)
+        box, points = prompts_from_nodes(volume_node, roi_node, points_node, background_points_node)
+        if box is None and not points and self.checkpoint is None:
+            raise InputError("No prompt: place an ROI around the structure or click points on it "
+                             "(prompt-free segmentation needs a fine-tuned checkpoint)")
+        return SegmentationRequest(volume, structure, box, points, modality, report)
+
+    def _loaded_segmenter(self, progress: ProgressCallback | None):
+        """The segmenter, with a progress report before and after loading it: model loading (and the ONNX
+        export of the encoder) report nothing, so these are the points where a cancel takes effect."""
+        if progress is not None:
+            progress("loading", 0, 0)
+        segmenter = self.segmenter()
+        if progress is not None:
+            progress("loading", 1, 1)
+        return segmenter
+
+    def run_model(self, request: SegmentationRequest, progress: ProgressCallback | None = None):
+        """Run the model on a prepared request; returns the library's ``SegmentationOutcome``. Any thread."""
+        outcome = self._loaded_segmenter(progress).segment(
+            request.volume, request.structure or None, request.box, request.points, request.modality, progress,
+            request.report,
+        )
+        self.last_outcome = outcome
+        return outcome
+
+    def apply(self, outcome, request: SegmentationRequest, volume_node, segmentation_node, replace: bool = False,
+              confirm_replace: Callable[[str], bool] | None = None,
+              save_undo_state: Callable[[], Any] | None = None) -> str:
+        """Write the outcome's mask into the segmentation (standard colour, terminology); returns the
+        segment id. Main thread.
+
+        By default the result goes into a new segment named after the structure ('right lung', or
+        'right lung (2)' when the segmentation has one). With ``replace`` it overwrites the
+        structure's segment, but only without asking when that segment is still exactly what the
+        model last wrote: a segment the user corrected or drew is overwritten only when
+        ``confirm_replace(segment name)`` returns True, and otherwise the result goes into a new
+        segment. ``save_undo_state`` (the Segment Editor's ``saveStateForUndo``) is called just before
+        the segmentation changes, so that Undo restores it. Nodes removed from the scene since
+        :meth:`prepare` (a scene close, a delete) are refused: nothing is written.
+        """
+        if segmentation_node is None:
+            raise InputError("No output segmentation selected; expected a segmentation node")
+        for node, what in ((volume_node, "input volume"), (segmentation_node, "output segmentation")):
+            if not node_in_scene(node):
+                raise InputError(f"The {what} {node.GetName()} is no longer in the scene; the result was not written")
+        if outcome.mask.shape != request.volume.geometry.shape:
+            raise InputError("The segmentation result does not match the volume's grid")
+        name = request.structure or outcome.report.structure
+        if not outcome.mask.any():
+            logger.warning("MedSegAdapt: the model found nothing for %r", name)
+        existing = find_segment_id(segmentation_node, name)
+        overwrite = replace and existing is not None and (
+            is_unedited_model_output(segmentation_node, existing, volume_node)
+            or (confirm_replace is not None and bool(confirm_replace(
+                segmentation_node.GetSegmentation().GetSegment(existing).GetName()))))
+        if save_undo_state is not None:
+            save_undo_state()
+        if overwrite:
+            segment_id = set_segment_mask(segmentation_node, name, outcome.mask, volume_node, replace=True)
+        else:
+            segment_id = set_segment_mask(segmentation_node, unique_segment_name(segmentation_node, name),
+                                          outcome.mask, volume_node, replace=False)
+        mark_model_output(segmentation_node, segment_id, outcome.mask)
+        return segment_id
+
+    def segment(self, volume_node, segmentation_node, structure: str, roi_node=None, points_node=None,
+                progress: ProgressCallback | None = None, background_points_node=None,
+                modality: str = "auto", report: str | None = None, replace: bool = False) -> str:
+        """Segment ``structure`` (or the structure ``report`` names) in the volume from an ROI and/or
+        points; returns the segment id.
+
+        The segment is named after the structure, with the standard colour and terminology; it is a
+        new segment unless ``replace`` (see :meth:`apply`: from here a corrected segment is never
+        replaced). ``progress(stage, done, total)`` may raise to cancel.
+        """
+        request = self.prepare(volume_node, structure, roi_node, points_node, background_points_node, modality,
+                               report)
+        outcome = self.run_model(request, progress)
+        return self.apply(outcome, request, volume_node, segmentation_node, replace=replace)
+
+    # suggestions in two steps (main thread, any thread)
+
+    def prepare_suggestion(self, volume_node, structure: str, budget: int, store_path: str | None = None,
+                           case_id: str | None = None, roi_node=None, points_node=None,
+                           background_points_node=None, axis: str = "k",
+                           purpose: str = "training") -> SuggestionRequest:
+        """Read what suggesting slices needs out of the scene. Main thread."""
+        from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
+        from MedSegAdaptLib.suggestions.slices import check_budget
+
+        if volume_node is None:
+            raise InputError("No input volume selected; expected a scalar volume")
+        structure = (structure or "").strip()
+        if not structure:
+            raise InputError("No structure given; expected a structure name such as 'left lung'")
+        budget = check_budget(budget)
+        if purpose not in RANKING_PURPOSES:
+            raise InputError(f"Cannot rank slices for {purpose!r}; expected one of {', '.join(RANKING_PURPOSES)}")
+        axis = AXIS_NAMES[axis_number(axis)]
+        volume = volume_from_node(volume_node)
+        box, points = prompts_from_nodes(volume_node, roi_node, points_node, background_points_node)
+        return SuggestionRequest(volume, structure, budget, box, points, str(store_path or "").strip() or None,
+                                 str(case_id or "").strip() or None, axis, purpose)
+
+    def run_suggestion(self, request: SuggestionRequest, progress: ProgressCallback | None = None) -> list:
+        """Up to ``request.budget`` slices to annotate next, best first (``Suggestion``s). Any thread.
+
+        When the store holds the case, its slices already annotated for the structure are skipped
+        and, without an ROI or points, its latest prediction or correction gives the box; the volume
+        must then be that case's image. Otherwise (no store, or the case not in it yet) nothing is
+        annotated and the volume itself is scored.
+        """
+        from MedSegAdaptLib.suggestions import suggest_from_store, suggest_slices
+        from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
+
+        axis = axis_number(request.axis)
+        options = RANKING_PURPOSES[request.purpose]
+        case_id = _existing_case(request.store_path, request.case_id)
+        if case_id is None:
+            return suggest_slices(self._loaded_segmenter(progress), request.volume, request.structure, request.budget, request.box,
+                                  request.points, axis=axis, options=options, case_id=request.case_id,
+                                  progress=progress)
+        with _open_store(request.store_path) as store:
+            case = store.case(case_id)
+            if not case.geometry.matches(request.volume.geometry):
+                raise InputError(f"The volume is not the image of case {case_id!r} in {store.root}: "
+                                 f"{case.geometry.describe_mismatch(request.volume.geometry)}; "
+                                 "expected the case's own image, or another case id")
+            return suggest_from_store(store, case_id, request.structure, request.budget, self._loaded_segmenter(progress),
+                                      request.box, request.points, axis=axis, options=options, progress=progress)
+
+    def suggest(self, volume_node, structure: str, budget: int, store_path: str | None = None,
+                case_id: str | None = None, roi_node=None, progress: ProgressCallback | None = None,
+                points_node=None, background_points_node=None, axis: str = "k", purpose: str = "training") -> list:
+        """Up to ``budget`` slices of the volume to annotate next for ``structure``, best first, each a
+        ``Suggestion`` with its score, DKD, ASD and reason; see :meth:`run_suggestion`.
+
+        The prediction is prompted by the ROI and/or points (or the store's latest label of the
+        structure, or nothing with a prompt-free fine-tuned checkpoint). Show a suggestion with
+        :meth:`show_slice`.
+        """
+        request = self.prepare_suggestion(volume_node, structure, budget, store_path, case_id, roi_node, points_node,
+                                          background_points_node, axis, purpose)
+        return self.run_suggestion(request, progress)
+
+    # fine-tuning
+
+    @staticmethod
+    def fine_tune_options(epochs: int = 10, priors: str | Sequence[str] = "", **options: Any):
+        """``FineTuneOptions`` with ``epochs``, the MedSeg-R ``priors`` to train ('all', '' for none, or
+        a comma-separated subset of location, texture, shape, semantic) and any other of its fields."""
+        from MedSegAdaptLib.training import FineTuneOptions
+        from MedSegAdaptLib.training.options import parse_priors
+
+        names = parse_priors(priors) if isinstance(priors, str) else tuple(priors)
+        return FineTuneOptions(epochs=int(epochs), priors=names, **options)
+
+    @staticmethod
+    def default_checkpoint_path(store_path: str) -> str:
+        """Where a store's fine-tuned checkpoint goes by default: ``<store folder>-finetuned.pt`` beside it."""
+        folder = _store_folder(store_path).absolute()
+        return str(folder.parent / f"{folder.name}-finetuned.pt")
+
+    def fine_tune(self, store_path: str, output_checkpoint: str, options=None,
+                  progress: ProgressCallback | None = None, on_epoch: Callable[[dict], None] | None = None,
+                  resume: str | None = None):
+        """Fine-tune the configured model (the checkpoint, else the packaged LiteMedSAM) on the store's
+        training view; returns the library's ``FineTuneResult``. Any thread.
+
+        ``output_checkpoint`` is rewritten atomically after every epoch, and ``on_epoch(record)``
+        then gets that epoch's record (epoch, train_loss, val_dice, seconds, best_epoch). Stopping by
+        raising from ``progress`` (:meth:`Job.cancel`) leaves the checkpoint of the last completed
+        epoch, or the file untouched when no epoch completed. Slice embeddings come from the cache
+        shared with segmentation.
+        """
+        from MedSegAdaptLib.models.device import resolve_device
+        from MedSegAdaptLib.training import fine_tune
+
+        if not str(output_checkpoint or "").strip():
+            raise InputError("No output checkpoint file given; expected a path such as finetuned.pt")
+        options = options if options is not None else self.fine_tune_options()
+        with _open_store(store_path) as store:
+            return fine_tune(store, output_checkpoint, checkpoint=self.checkpoint, device=resolve_device(self.device),
+                             options=options, resume=resume, cache=self.embedding_cache, progress=progress,
+                             on_epoch=on_epoch)
+
+    # environment adaptation (MedSeg-Adapt)
+
+    @staticmethod
+    def environments() -> list[dict]:
+        """MedSeg-Adapt's imaging environments: {"name", "description", "parameters"} each."""
+        from MedSegAdaptLib.environments import environment_catalog
+
+        return environment_catalog()
+
+    @staticmethod
+    def summarize_samples(generated: Sequence) -> dict:
+        """Per structure, counts of :meth:`generate_environment_samples`' labels: generated, accepted
+        (by self-validation), queued (for review)."""
+        from MedSegAdaptLib.environments import summarize
+
+        return summarize(generated)
+
+    def pretrained_segmenter(self):
+        """The packaged LiteMedSAM's ``Segmenter`` (sharing the embedding cache) when the configured
+        checkpoint was fine-tuned from it, else None; loaded once and kept."""
+        from MedSegAdaptLib.inference import Segmenter
+        from MedSegAdaptLib.models import fine_tunes_packaged_litemedsam, load_backbone
+        from MedSegAdaptLib.models.device import resolve_device
+
+        current = self.segmenter()
+        if not fine_tunes_packaged_litemedsam(current.backbone.spec):
+            return None
+        with self._lock:
+            if self._pretrained is None or self._pretrained[0] != self.device:
+                backbone = load_backbone(device=resolve_device(self.device), for_inference=True)
+                self._pretrained = (self.device, Segmenter(backbone, self.embedding_cache))
+            return self._pretrained[1]
+
+    def generate_environment_samples(self, store_path: str, environment: str, count: int, seed: int = 0,
+                                     settings: dict | None = None, threshold: float | None = None,
+                                     progress: ProgressCallback | None = None) -> list:
+        """Simulate ``count`` samples of ``environment`` (e.g. 'low-dose-ct', with ``settings`` overriding
+        its parameters) from the store's corrected cases into the store; returns the ``GeneratedLabel``s.
+        Any thread.
+
+        Each sample's pseudo-masks come from an ensemble of the configured model (and the packaged
+        LiteMedSAM when the model is a fine-tune of it); those passing every self-validation check
+        (ensemble agreement at least ``threshold``, default the library's 0.8) are accepted as synthetic
+        labels and train at once, the others wait in the review queue.
+        """
+        from MedSegAdaptLib.environments import environment as make_environment
+        from MedSegAdaptLib.environments import generate_samples
+        from MedSegAdaptLib.environments.self_validation import DEFAULT_THRESHOLD
+
+        chosen = make_environment(environment, **(settings or {}))
+        members = [self.segmenter()]
+        pretrained = self.pretrained_segmenter()
+        if pretrained is not None:
+            members.append(pretrained)
+        with _open_store(store_path) as store:
+            return generate_samples(store, chosen, int(count), members, seed=int(seed),
+                                    threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                                    progress=progress)
+
+    # corrections
+
+    def submit_correction(self, volume_node, segmentation_node, segment_name: str, store_path: str,
+                          case_id: str, annotator: str, slices: dict[str, Sequence[int]] | None = None,
+                          comment: str | None = None):
+        """Store the segment's current mask as a new correction version; returns the ``LabelVersion``.
+
+        The store is created when ``store_path`` is a new or empty folder. The volume becomes the
+        case ``case_id`` the first time (the same image already in the store is recognised, under
+        its existing case id). ``slices`` (``{"k": [12, 30]}``) marks a partial annotation.
+        """
+        from MedSegAdaptLib.store import FineTuningStore
+
+        folder = _store_folder(store_path)
+        segment_id = require_segment_id(segmentation_node, segment_name)
+        structure = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip()
+        volume = volume_from_node(volume_node)
+        mask = segment_mask(segmentation_node, segment_id, volume_node)
+        with FineTuningStore.init(folder) as store:
+            case, _created = store.add_image(volume, case_id=case_id)
+            return store.submit_mask(
+                case.case_id, structure, mask, annotator, annotated_slices=slices, comment=comment,
+                source=f"3D Slicer segmentation {segmentation_node.GetName()} / segment {structure}",
+            )
+
+    @staticmethod
+    def history(store_path: str, case_id: str, structure: str | None = None):
+        """Every stored version of the case's labels (of one structure if given), oldest first."""
+        with _open_store(store_path) as store:
+            return store.history(case_id, structure)
+
+    # review of pseudo-labels and synthetic samples
+
+    @staticmethod
+    def review_queue(store_path: str, include_reviewed: bool = False) -> list:
+        """The store's pseudo-labels and synthetic labels awaiting review (``LabelVersion``s; with
+        ``include_reviewed``, the reviewed ones too)."""
+        with _open_store(store_path) as store:
+            return store.review_queue(include_reviewed)
+
+    @staticmethod
+    def review(store_path: str, label_id: int, accept: bool, reviewer: str, comment: str | None = None):
+        """Accept (it then trains) or reject a queued label; returns the updated ``LabelVersion``."""
+        with _open_store(store_path) as store:
+            return store.review(int(label_id), accept, reviewer, comment)
+
+    @staticmethod
+    def preview_label(store_path: str, label_id: int, scene) -> tuple[Any, Any]:
+        """(volume node, segmentation node): a stored label's case image and its mask as a segment
+        named after the structure, new in ``scene``, for a reviewer to inspect. Main thread."""
+        from MedSegAdaptLib.io import read_volume
+
+        with _open_store(store_path) as store:
+            label = store.label(int(label_id))
+            image = store.case(label.case_id).image
+        volume_node = volume_to_node(read_volume(image), scene, f"{label.case_id} (label {label.label_id})")
+        segmentation_node = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", f"{label.case_id} {label.structure} v{label.version} ({label.kind})")
+        segmentation_node.CreateDefaultDisplayNodes()
+        set_segment_mask(segmentation_node, label.structure, read_volume(label.file).array != 0, volume_node)
+        return volume_node, segmentation_node
