@@ -138,7 +138,7 @@ def run_folder(run_dir: Path, structure: str, strategy: str, budget: int, seed: 
 
 
 def markdown_table(runs: list[dict], metric: str = "dice") -> str:
-    """The README table: `metric` mean ± sd over seeds per structure, strategy, mode and budget, from runs.jsonl
+    """The docs/suggestions.md table: `metric` mean ± sd over seeds per structure, strategy, mode and budget, from runs.jsonl
     (or the rescored.jsonl of runs made before whole-volume scores were written with each run) records."""
     budgets = sorted({run["K"] for run in runs})
     cells: dict[tuple[str, str, str], dict[int, list[float]]] = {}

@@ -1,4 +1,4 @@
-"""Render the README walkthrough picture: CTChest4 segmented through the module's Logic on a real MRML scene.
+"""Render the walkthrough picture (docs/slicer-module.md): CTChest4 segmented through the module's Logic on a real MRML scene.
 
 A slicer-core scene gets CTChest4 as a scalar volume node (``volume_to_node``), one markups ROI per
 demo structure (the reference mask's box grown by 2 voxels, ``roi_from_box``) and one segmentation

@@ -157,4 +157,4 @@ def run_feedback_loop(output_dir: str | Path, segmenter_factory: SegmenterFactor
 if __name__ == "__main__":  # python -m MedSegAdaptLib.demos.feedback_loop [OUTPUT_DIR]
     import sys
 
-    run_feedback_loop(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/loop_demo"))
+    run_feedback_loop(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("out/feedback_loop"))

@@ -1,4 +1,4 @@
-"""The main job: segment the real CTChest4 volume from reference boxes and score the result."""
+"""The quick demo: segment the real CTChest4 volume from reference boxes and score the result."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,7 @@ from MedSegAdaptLib.io.sample_data import (
     ctchest4_volume_path,
 )
 
-__all__ = ["REFERENCE_BOX_MARGIN", "DEMO_STRUCTURES", "PICTURE_SLICES", "run_demo", "run_demo_feedback_loop"]
+__all__ = ["DEMO_STRUCTURES", "PICTURE_SLICES", "run_demo", "run_demo_feedback_loop"]
 
 DEMO_STRUCTURES = ("right lung", "left lung", "thoracic vertebral column")
 PICTURE_SLICES = (12, 20, 28)  # axial slices shown in the demo's picture
@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace, segmenter: Segmenter) -> list[dict]:
 
 def run_demo_feedback_loop(args: argparse.Namespace, segmenter: Segmenter,
                            load_finetuned: Callable[[Path], Segmenter]) -> list[dict]:
-    """The expert feedback loop (loop_demo) in a fresh folder under args.output_dir: `segmenter`
+    """The expert feedback loop (demos.feedback_loop) in a fresh folder under args.output_dir: `segmenter`
     segments before, load_finetuned(checkpoint) after; both share the segmenter's embedding cache."""
     from MedSegAdaptLib.demos.feedback_loop import LOOP_STRUCTURES, run_feedback_loop
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from MedSegAdaptLib.core.axes import DEFAULT_AXIS
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import pairwise_dice
 from MedSegAdaptLib.inference.prompts import Box3D
@@ -41,7 +42,7 @@ class EnsembleMask:
     weights: list[float]
 
 
-def box_variants(box: Box3D, shape: tuple[int, int, int], axis: int = 2,
+def box_variants(box: Box3D, shape: tuple[int, int, int], axis: int = DEFAULT_AXIS,
                  changes: Sequence[int] = IN_PLANE_CHANGES) -> list[Box3D]:
     """The box with each in-plane side moved out by every change in `changes` (kept in the volume, at
     least one voxel wide); the range along `axis` unchanged."""
@@ -73,14 +74,15 @@ def fuse(masks: Sequence[np.ndarray]) -> EnsembleMask:
 
 
 def ensemble_pseudo_mask(segmenters: Sequence[Segmenter], volume: Volume, structure: str, box: Box3D,
-                         queries: Sequence[str] = (), modality: str = "auto") -> EnsembleMask:
-    """Fused pseudo-mask of `structure` in `volume` from every segmenter and box variant; queries (may
-    be empty) steer models with priors, one per member in turn."""
+                         queries: Sequence[str] = (), modality: str = "auto", axis: int = DEFAULT_AXIS) -> EnsembleMask:
+    """Fused pseudo-mask of `structure` in `volume` from every segmenter and box variant, slicing along
+    `axis`; queries (may be empty) steer models with priors, one per member in turn."""
     if not segmenters:
         raise InputError(f"no model to pseudo-label {structure!r} with; expected at least one segmenter")
     members = []
-    for variant in box_variants(box, volume.array.shape, segmenters[0].axis):
+    for variant in box_variants(box, volume.array.shape, axis):
         for segmenter in segmenters:
             report = queries[len(members) % len(queries)] if queries else None
-            members.append(segmenter.segment(volume, structure, box=variant, modality=modality, report=report).mask)
+            members.append(segmenter.segment(volume, structure, box=variant, modality=modality, report=report,
+                                             axis=axis).mask)
     return fuse(members)

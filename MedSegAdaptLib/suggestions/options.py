@@ -28,7 +28,7 @@ class ScoringOptions:
         each aims at an evenly spaced target slice of an unlabeled stretch and is the best total
         within coverage_window * the targets' spacing of it, at least the two slices around it (0:
         the target itself, totals only break ties between two; 0.25, moving picks towards
-        uncertain slices, trained no better in README's benchmark; None: greedy by total with the
+        uncertain slices, trained no better in the benchmark of docs/suggestions.md; None: greedy by total with the
         diversity penalty below).
     weight_dkd, weight_asd: weights of DKD and ASD in the total (0.5, 0.5).
     divergence_share: share of the model divergence in DKD when an adapted model is given (0.5).

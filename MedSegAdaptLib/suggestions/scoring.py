@@ -26,7 +26,7 @@ formulas; the scores below are ours.
   slice range (or the predicted extent) as evenly spaced target slices, and each pick is the best
   total near its target (see :func:`coverage_targets`, :func:`select_covering`). Picking by total
   alone put every label in the few hardest slices, and letting totals move picks a quarter spacing
-  off their targets, trained worse than evenly spaced labels (README, ASSFT).
+  off their targets, trained worse than evenly spaced labels (docs/suggestions.md).
 - Selection, greedy (`coverage_window` None, ranking for correction): slices are picked by total, each
   pick multiplying the others' totals by their separation from everything picked or labeled
   (see :func:`select_diverse`), so neighbours are not picked together.

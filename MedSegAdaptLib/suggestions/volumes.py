@@ -13,7 +13,7 @@ publishes no formulas.
 - ASD: every predicted slice (a slice with foreground along the axis) is decoded with its box (its mask box
   plus the propagation margin) and `augmentations` jittered copies, as candidate slices are; the volume's
   raw difficulty is the mean over its predicted slices of (entropy + disagreement) / 2
-  (:func:`.scoring.slice_difficulty`).
+  (:func:`MedSegAdaptLib.inference.uncertainty.slice_difficulty`).
 - DKD: a volume's embedding is the mean of its predicted slices' pooled embeddings (a labeled volume's:
   over the slices of its label's extent); its embedding distance is the cosine distance to the nearest
   labeled volume, 0 for every volume while none is labeled. With an adapted model, its divergence

@@ -14,7 +14,7 @@ a non-empty annotated slice to borrow from, and for empty slices of whole-volume
 are skipped. Box-prompted training leaves negatives out because they cost accuracy: on the thoracic
 column with annotated slices 28, 9 (empty) and 20, held-out Dice over 5 seeds was 0.693 +- 0.009
 without negatives, 0.674 +- 0.007 with them (cross-entropy only) and 0.587 +- 0.070 with DiceCE on
-them (README, ASSFT section).
+them (docs/suggestions.md).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ Slices no chain reaches get no pseudo-label.
 
 Selection, per candidate slice (one with a pseudo-label):
 - confidence: 1 - the mean binary entropy (bits) of the foreground probability over the predicted
-  mask plus a `band`-pixel band around it (as ASD's entropy in MedSegAdaptLib.suggestions.scoring);
+  mask plus a `band`-pixel band around it (MedSegAdaptLib.inference.uncertainty, as for ASD);
 - distance: cosine distance of the slice's pooled encoder embedding to the nearest annotated slice
   of the same volume.
 A candidate is accepted when its confidence is at least the `confidence_percentile`-th percentile of
