@@ -58,8 +58,24 @@ def litemedsam():
 
 
 @pytest.fixture(scope="session")
-def segmenter(litemedsam):
+def embedding_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The session's disk embedding cache, for commands given --cache-dir and for torchrun's processes:
+    each CTChest4 slice is encoded once per intensity preset by the packaged encoder (ONNX Runtime).
+    Tests that count encoded slices, or run the encoder in PyTorch, keep caches of their own."""
+    return tmp_path_factory.mktemp("embeddings")
+
+
+@pytest.fixture(scope="session")
+def embeddings(embedding_dir):
+    """The session's embedding cache (in memory, backed by embedding_dir)."""
+    from MedSegAdaptLib.inference import EmbeddingCache
+
+    return EmbeddingCache(embedding_dir)
+
+
+@pytest.fixture(scope="session")
+def segmenter(litemedsam, embeddings):
     """One Segmenter for the session, so slice embeddings are encoded once."""
     from MedSegAdaptLib.inference import Segmenter
 
-    return Segmenter(litemedsam)
+    return Segmenter(litemedsam, embeddings)

@@ -15,7 +15,7 @@ import torch
 from MedSegAdaptLib.cli import main
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.demos.feedback_loop import uniform_slices
-from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.inference import Box3D, Segmenter
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.suggestions import (
     ScoringOptions,
@@ -42,9 +42,9 @@ FAST = ScoringOptions(augmentations=2)
 
 
 @pytest.fixture(scope="module")
-def suggester(litemedsam):
-    """One Segmenter and embedding cache for the module: each slice is encoded once."""
-    return Segmenter(litemedsam, EmbeddingCache())
+def suggester(litemedsam, embeddings):
+    """One Segmenter for the module over the session's embedding cache: each slice is encoded once."""
+    return Segmenter(litemedsam, embeddings)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from MedSegAdaptLib.environments.self_validation import (
     volume_share,
 )
 from MedSegAdaptLib.environments.simulators import environment
-from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.inference import Box3D, Segmenter
 from MedSegAdaptLib.io import read_volume
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.models import load_backbone
@@ -155,12 +155,12 @@ def test_simulated_labels_replace_pseudo_masks_where_the_label_is_known(tmp_path
 
 
 @pytest.mark.slow
-def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4):
+def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4, embeddings):
     volume, reference = ctchest4
     with FineTuningStore.init(tmp_path / "store") as store:
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", "right lung", reference.get("right lung").mask, "reference")
-        segmenter = Segmenter(load_backbone(for_inference=True), EmbeddingCache())
+        segmenter = Segmenter(load_backbone(for_inference=True), embeddings)
         generated = generate_samples(store, environment("low-dose-ct"), 1, [segmenter], seed=3)
         assert [g.structure for g in generated] == ["right lung"]
         label = generated[0]
@@ -177,7 +177,7 @@ def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4):
 
 
 @pytest.mark.slow
-def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys, monkeypatch):
+def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys, monkeypatch, embedding_dir):
     volume, reference = ctchest4
     with FineTuningStore.init(tmp_path / "store") as store:
         store.add_image(volume, "CTChest4", modality="ct")
@@ -192,7 +192,7 @@ def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys, monk
     monkeypatch.syspath_prepend(str(hooks))
     code = main(["adapt", str(tmp_path / "store"), "--environment", "pediatric", "--count", "1", "-o",
                  str(tmp_path / "adapted.pt"), "--epochs", "1", "--min-steps-per-epoch", "2", "--threshold", "0",
-                 "--generator", "site_models:refine", "--llm", "site_models:rewrite"])
+                 "--generator", "site_models:refine", "--llm", "site_models:rewrite", "--cache-dir", str(embedding_dir)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "left lung: 1 synthetic labels, 1 accepted" in out

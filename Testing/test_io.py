@@ -93,6 +93,24 @@ def test_checksum_depends_on_voxels_and_geometry():
     assert volume_from_array(changed, volume.geometry).checksum() != volume.checksum()
     moved = Geometry(volume.geometry.shape, volume.geometry.spacing, (0.0, 0.0, 0.0), volume.geometry.direction)
     assert volume_from_array(volume.array, moved).checksum() != volume.checksum()
+    # what an encoder sees: the voxels alone
+    assert volume_from_array(volume.array, moved).voxel_checksum() == volume.voxel_checksum()
+    assert volume_from_array(changed, volume.geometry).voxel_checksum() != volume.voxel_checksum()
+
+
+def test_voxel_checksum_survives_a_file_round_trip_that_changes_the_geometry_digits(tmp_path: Path):
+    """A generated volume's float geometry (spacing 2.437500762939456, direction -0.9999999999999999) comes
+    back from NRRD with other last digits: the volume checksum changes, the voxel checksum that keys slice
+    embeddings does not, so embeddings made before the volume was stored serve it after."""
+    spacing = 0.8125000254313187 * 3
+    geometry = Geometry((8, 9, 4), (spacing, spacing, 5.999999999999997), (1.0, 2.0, 3.0),
+                        (-0.9999999999999999, 0.0, 0.0, 0.0, -0.9999999999999999, 0.0, 0.0, 0.0, 1.0))
+    volume = volume_from_array(np.random.default_rng(1).normal(size=(8, 9, 4)).astype(np.float32), geometry)
+    write_volume(tmp_path / "v.nrrd", volume)
+    back = read_volume(tmp_path / "v.nrrd")
+    assert np.array_equal(back.array, volume.array)
+    assert back.checksum() != volume.checksum()
+    assert back.voxel_checksum() == volume.voxel_checksum()
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])

@@ -7,7 +7,6 @@ import pytest
 from MedSegAdaptLib.cli import build_parser
 from MedSegAdaptLib.core.axes import nearest_slice, take_slices
 from MedSegAdaptLib.core.errors import InputError
-from MedSegAdaptLib.inference import EmbeddingCache
 from MedSegAdaptLib.models.checkpoint import load_checkpoint
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.training import FineTuneOptions, fine_tune
@@ -65,7 +64,7 @@ def test_percentiles_are_checked():
 
 
 @pytest.fixture(scope="module")
-def semi_supervised_run(tmp_path_factory, ctchest4):
+def semi_supervised_run(tmp_path_factory, ctchest4, embeddings):
     """A one-epoch-per-stage semi-supervised run on 3 annotated slices of the left lung (real weights)."""
     volume, reference = ctchest4
     folder = tmp_path_factory.mktemp("semi")
@@ -74,7 +73,7 @@ def semi_supervised_run(tmp_path_factory, ctchest4):
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", STRUCTURE, truth, "tester", annotated_slices={"k": ANNOTATED})
         options = FineTuneOptions(epochs=1, batch_size=2, min_steps_per_epoch=4, semi_supervised=True)
-        result = fine_tune(store, folder / "ft.pt", options=options, cache=EmbeddingCache())
+        result = fine_tune(store, folder / "ft.pt", options=options, cache=embeddings)
     return result, truth, folder
 
 

@@ -310,9 +310,11 @@ def test_slice_position_is_the_slice_centre_in_world_ras(app, volume_node):
 
 
 @pytest.fixture(scope="module")
-def logic():
-    """One Logic for the module: the backbone loads once and is kept."""
-    return MedSegAdaptLogic(device="cpu")
+def logic(embeddings):
+    """One Logic for the module: the backbone loads once and is kept; slices come from the session's cache."""
+    logic = MedSegAdaptLogic(device="cpu")
+    logic.embedding_cache = embeddings
+    return logic
 
 
 @pytest.mark.slow
@@ -653,12 +655,13 @@ def test_environments_are_listed_with_their_defaults():
 
 
 @pytest.mark.slow
-def test_semi_supervised_fine_tuning_then_environment_samples_on_the_worker(tmp_path, finetune_store):
+def test_semi_supervised_fine_tuning_then_environment_samples_on_the_worker(tmp_path, finetune_store, embeddings):
     """The Adapt panel's path: semi-supervised fine-tuning, then samples of a new environment pseudo-labelled
     by the fine-tuned model with the packaged LiteMedSAM in the ensemble."""
     store_path = tmp_path / "store"
     shutil.copytree(finetune_store, store_path)
     logic = MedSegAdaptLogic(device="cpu")
+    logic.embedding_cache = embeddings
     assert logic.pretrained_segmenter() is None  # the packaged model has no other reference
     checkpoint = tmp_path / "finetuned.pt"
     result = logic.fine_tune(str(store_path), str(checkpoint), logic.fine_tune_options(**TINY, semi_supervised=True))

@@ -25,12 +25,6 @@ SLICES = [17, 23]
 TINY = FineTuneOptions(epochs=1, batch_size=2, min_steps_per_epoch=2)
 
 
-@pytest.fixture(scope="session")
-def embeddings():
-    """One embedding cache for the module: each annotated CTChest4 slice is encoded once."""
-    return EmbeddingCache()
-
-
 def _store(folder, volume, mask, slices=SLICES, structure=STRUCTURE):
     store = FineTuningStore.init(folder)
     store.add_image(volume, "CTChest4", modality="ct")
@@ -268,7 +262,7 @@ def test_finetune_command_runs_and_reports(tmp_path, store, capsys):
 
 
 @pytest.mark.slow
-def test_demo_segments_then_feedback_improves_held_out_dice(tmp_path, capsys):
+def test_demo_segments_then_feedback_improves_held_out_dice(tmp_path, capsys, embedding_dir):
     """`medsegadapt demo` end to end on the real CTChest4 and LiteMedSAM weights.
 
     Measured 2026-11 on CPU: left lung held-out Dice 0.810 -> 0.957, thoracic vertebral column
@@ -278,7 +272,7 @@ def test_demo_segments_then_feedback_improves_held_out_dice(tmp_path, capsys):
     from MedSegAdaptLib.io import read_segmentation
     from MedSegAdaptLib.io.sample_data import ctchest4_segmentation_path
 
-    assert main(["demo", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["demo", "--output-dir", str(tmp_path), "--device", "cpu", "--cache-dir", str(embedding_dir)]) == 0
     reference = read_segmentation(ctchest4_segmentation_path())
     prediction = read_segmentation(tmp_path / "ctchest4_prediction.seg.nrrd")
     assert dice(prediction.get("right lung").mask, reference.get("right lung").mask) > 0.85

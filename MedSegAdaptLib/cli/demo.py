@@ -20,6 +20,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
                     "print Dice before and after.")
     parser.add_argument("--output-dir", type=Path, default=Path("out/demo"), help="where results go (default: %(default)s)")
     parser.add_argument("--no-feedback-loop", action="store_true", help="only segment and score (about a minute less)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep slice embeddings on disk here, so a second demo skips the encoder")
     add_model_options(parser)
     parser.set_defaults(func=run_demo)
 
@@ -28,7 +30,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Handler of `medsegadapt demo`."""
     from MedSegAdaptLib.demos import quick
 
-    segmenter = load_segmenter(args)
+    segmenter = load_segmenter(args, args.cache_dir)
     quick.run_demo(args, segmenter)
     if not args.no_feedback_loop:
         quick.run_demo_feedback_loop(args, segmenter, lambda checkpoint: load_segmenter(

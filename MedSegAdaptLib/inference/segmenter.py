@@ -70,7 +70,7 @@ class Segmenter:
     def _checksum(self, volume: Volume) -> str:
         known = self._checksums.get(id(volume))
         if known is None or known[0] is not volume:
-            known = (volume, volume.checksum())
+            known = (volume, volume.voxel_checksum())
             self._checksums[id(volume)] = known
         return known[1]
 

@@ -93,8 +93,8 @@ def build_slice_encoder(backbone: SamBackbone, cache: EmbeddingCache, volume: Vo
                         axis: int, volume_checksum: str | None = None, batch_size: int | None = None,
                         precision: str = "fp32") -> SliceEncoder:
     """The slice encoder of `volume` clipped by `preset`, along `axis`, through `backbone`'s image encoder,
-    reading and filling `cache` under embedding_key (volume_checksum: volume.checksum(), when known)."""
-    checksum = volume_checksum if volume_checksum is not None else volume.checksum()
+    reading and filling `cache` under embedding_key (volume_checksum: volume.voxel_checksum(), when known)."""
+    checksum = volume_checksum if volume_checksum is not None else volume.voxel_checksum()
     key = embedding_key(checksum, backbone.spec.encoder_key, preset, axis)
     return SliceEncoder(backbone, cache, clip_intensities(volume.array, preset), key, axis, batch_size, precision)
 

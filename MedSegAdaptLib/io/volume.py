@@ -57,6 +57,15 @@ class Volume:
         digest.update(f"{self.array.dtype.str}|{self.array.shape}|{self.geometry!r}".encode())
         return digest.hexdigest()
 
+    def voxel_checksum(self) -> str:
+        """Hex SHA-256 over the voxel bytes, dtype and shape: what an image encoder sees. The geometry is
+        left out: it changes no slice embedding, and its last float digits change when a volume is
+        written and read back (a generated sample in memory, then from the store, is one volume)."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.array).data)
+        digest.update(f"{self.array.dtype.str}|{self.array.shape}".encode())
+        return digest.hexdigest()
+
 
 def volume_from_array(
     array: np.ndarray,

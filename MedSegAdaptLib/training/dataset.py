@@ -139,7 +139,7 @@ class SliceDataset:
         for row in rows:
             if row.image not in images:
                 volume = read(row.image)
-                images[row.image] = (volume, volume.checksum())
+                images[row.image] = (volume, volume.voxel_checksum())
             volume, checksum = images[row.image]
             label = read(row.label).array != 0
             if label.shape != volume.array.shape:
