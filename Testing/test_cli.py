@@ -93,10 +93,10 @@ def test_evaluate_reference_against_itself(capsys):
 
 
 @pytest.mark.slow
-def test_segment_and_evaluate_end_to_end(capsys, tmp_path):
+def test_segment_and_evaluate_end_to_end(capsys, tmp_path, embedding_dir):
     output = tmp_path / "lung.seg.nrrd"
     code, out, _ = run_cli(capsys, "segment", CT, "--structure", "Left Lung", "--box-ijk", "11,30,4,68,98,33",
-                           "-o", str(output), "--device", "cpu")
+                           "-o", str(output), "--device", "cpu", "--cache-dir", str(embedding_dir))
     assert code == 0
     assert "modality: ct (1st intensity percentile" in out and "ct-lung" in out
     written = read_segmentation(output)

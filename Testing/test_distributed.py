@@ -132,8 +132,8 @@ def test_torchrun_adapt_generates_once_then_trains_on_both_ranks(tmp_path, ctche
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
          "MedSegAdaptLib.cli", "adapt", str(tmp_path / "store"), "--environment", "pediatric", "--count", "1",
          "--threshold", "0", "-o", str(tmp_path / "adapted.pt"), "--epochs", "1", "--batch-size", "2",
-         "--min-steps-per-epoch", "2", "--device", "cpu", "--encoder-runtime", "torch",
-         "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600, env=env)
+         "--min-steps-per-epoch", "2", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=600, env=env)  # the default encoder runtime: ONNX on CPU
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-4000:]
     # rank 0 alone generated and printed; both ranks trained (one batch each per step)
     assert launched.stdout.count("synthetic labels") == 1 and launched.stdout.count("wrote ") == 1, launched.stdout

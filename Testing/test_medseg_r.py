@@ -115,14 +115,15 @@ def test_resume_keeps_the_priors(tmp_path, priors_checkpoint, ctchest4, embeddin
     assert load_checkpoint(tmp_path / "more.pt")["priors"]["use"] == list(PRIORS)
 
 
-def test_report_and_prompt_free_segmentation_from_the_command_line(tmp_path, priors_checkpoint, ctchest4, capsys):
+def test_report_and_prompt_free_segmentation_from_the_command_line(tmp_path, priors_checkpoint, ctchest4, capsys,
+                                                                   embedding_dir):
     from MedSegAdaptLib.io.sample_data import ctchest4_volume_path
 
     image = str(ctchest4_volume_path())
     output = tmp_path / "free.seg.nrrd"
     report = "Left lung: clear, no consolidation."
     assert main(["segment", image, "-o", str(output), "--report", report, "--checkpoint", str(priors_checkpoint),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--cache-dir", str(embedding_dir)]) == 0
     out = capsys.readouterr().out
     assert "report: structure 'left lung'" in out and "location [" in out
     segmentation = read_segmentation(output)
@@ -133,13 +134,13 @@ def test_report_and_prompt_free_segmentation_from_the_command_line(tmp_path, pri
     assert "needs a prompt" in capsys.readouterr().err and not (tmp_path / "x.seg.nrrd").exists()
 
 
-def test_report_without_trained_priors_names_the_structure_and_says_so(tmp_path, ctchest4, capsys):
+def test_report_without_trained_priors_names_the_structure_and_says_so(tmp_path, ctchest4, capsys, embedding_dir):
     from MedSegAdaptLib.io.sample_data import ctchest4_volume_path
 
     box = _small_box(ctchest4[1])
     output = tmp_path / "named.seg.nrrd"
     assert main(["segment", str(ctchest4_volume_path()), "-o", str(output), "--report", "the LEFT LUNG",
-                 "--box-ijk", str(box), "--device", "cpu"]) == 0
+                 "--box-ijk", str(box), "--device", "cpu", "--cache-dir", str(embedding_dir)]) == 0
     out = capsys.readouterr().out
     assert "no trained MedSeg-R priors" in out
     assert read_segmentation(output).get("left lung").mask[:, :, 19:22].any()
