@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.evaluation import dice
 from MedSegAdaptLib.inference import Box3D, PropagationOptions, Segmenter, preprocess
 from MedSegAdaptLib.io import read_segmentation, read_volume, volume_from_array
@@ -23,8 +24,10 @@ STRUCTURES = ("right lung", "left lung", "thoracic vertebral column", "cervical 
               "lumbar vertebral column", "tissue")
 
 
-def scores(segmenter: Segmenter, volume, masks: dict[str, np.ndarray]) -> list[float]:
-    return [dice(segmenter.segment(volume, name, box=Box3D.around(mask, 2)).mask, mask) for name, mask in masks.items()]
+def scores(segmenter: Segmenter, volume, masks: dict[str, np.ndarray],
+           options: PropagationOptions = PropagationOptions()) -> list[float]:
+    return [dice(segmenter.segment(volume, name, box=Box3D.around(mask, REFERENCE_BOX_MARGIN), options=options).mask,
+                 mask) for name, mask in masks.items()]
 
 
 def main() -> None:
@@ -34,9 +37,9 @@ def main() -> None:
     fast = load_backbone(for_inference=True)
     rows = [("default", scores(Segmenter(fast), volume, masks))]
     rows.append(("no intensity stopping rule",
-                 scores(Segmenter(fast, options=PropagationOptions(max_intensity_shift=1.0)), volume, masks)))
+                 scores(Segmenter(fast), volume, masks, PropagationOptions(max_intensity_shift=1.0))))
     rows.append(("largest connected component",
-                 scores(Segmenter(fast, options=PropagationOptions(largest_component=True)), volume, masks)))
+                 scores(Segmenter(fast), volume, masks, PropagationOptions(largest_component=True))))
     default_bone = preprocess.CT_WINDOWS["bone"]
     for window in ((40.0, 400.0), (300.0, 1000.0), (150.0, 900.0)):
         preprocess.CT_WINDOWS["bone"] = window

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from MedSegAdaptLib.core.axes import take_slices
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.inference.preprocess import (
     clip_intensities,
@@ -136,7 +137,8 @@ def main() -> None:
 
     volume = read_volume(ctchest4_volume_path())
     reference = read_segmentation(ctchest4_segmentation_path())
-    cases = [("CTChest4 128x128x34", volume, {s: Box3D.around(reference.get(s).mask, 2) for s in CT_STRUCTURES})]
+    boxes = {s: Box3D.around(reference.get(s).mask, REFERENCE_BOX_MARGIN) for s in CT_STRUCTURES}
+    cases = [("CTChest4 128x128x34", volume, boxes)]
     if not args.skip_synthetic:
         synthetic, box = synthetic_volume(args.synthetic_slices)
         cases.append((f"synthetic 512x512x200 ({args.synthetic_slices}-slice box)", synthetic, {"right lung": box}))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.environments.pipeline import generate_samples, summarize
 from MedSegAdaptLib.environments.simulators import SimulatedSample, environment
 from MedSegAdaptLib.evaluation.metrics import dice
@@ -96,7 +97,8 @@ def test_dice(segmenter: Segmenter, test: SimulatedSample) -> dict[str, float]:
     for name, truth in test.labels.items():
         if not truth.any():
             continue
-        mask = segmenter.segment(test.volume, name, box=Box3D.around(truth, 2), modality=test.modality).mask
+        box = Box3D.around(truth, REFERENCE_BOX_MARGIN)
+        mask = segmenter.segment(test.volume, name, box=box, modality=test.modality).mask
         scores[name] = dice(mask, truth)
     return scores
 

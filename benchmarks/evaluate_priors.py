@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.demos.feedback_loop import held_out_dice, uniform_slices
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D, Segmenter
 from MedSegAdaptLib.io import read_segmentation, read_volume
@@ -67,7 +68,7 @@ def evaluate(segmenter: Segmenter, volume, truths: dict, annotated: dict) -> dic
     for name, truth in truths.items():
         for prompt in PROMPTS:
             if prompt == "box":
-                outcome = segmenter.segment(volume, name, box=Box3D.around(truth, 2))
+                outcome = segmenter.segment(volume, name, box=Box3D.around(truth, REFERENCE_BOX_MARGIN))
             elif prompt == "point":
                 outcome = segmenter.segment(volume, name, points=[centre_point(truth)])
             else:

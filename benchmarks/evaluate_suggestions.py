@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.demos.feedback_loop import held_out_dice, uniform_slices
 from MedSegAdaptLib.evaluation.metrics import dice
@@ -184,7 +185,7 @@ def main() -> None:
     runs = []
     for name in args.structures.split(";"):
         truth = reference.get(name).mask
-        box = Box3D.around(truth, 2)
+        box = Box3D.around(truth, REFERENCE_BOX_MARGIN)
         before = pretrained.segment(volume, name, box=box).mask
         for strategy in args.strategies.split(";"):
             for budget in budgets:
