@@ -38,7 +38,7 @@ def load_segmenter(args: argparse.Namespace, cache_dir: Path | None = None, cach
     backbone = load_backbone(args.backbone, args.checkpoint, resolve_device(args.device), for_inference=True,
                              encoder_runtime=args.encoder_runtime)
     cache = cache if cache is not None else EmbeddingCache(cache_dir)
-    return Segmenter(backbone, cache, precision=getattr(args, "precision", "fp32"), text_encoder=text_encoder)
+    return Segmenter(backbone, cache, precision=args.precision, text_encoder=text_encoder)
 
 
 def pretrained_and_adapted(args: argparse.Namespace, cache_dir: Path | None = None):

@@ -92,8 +92,8 @@ def prompt_rect(rect: np.ndarray, grow: float | np.ndarray, bounds: np.ndarray |
     grown = np.asarray(rect, np.float32) + np.array([-1, -1, 1, 1], np.float32) * np.asarray(grow, np.float32)
     if bounds is None:
         return grown
-    low, high = np.asarray(bounds, np.float32)[[0, 1, 0, 1]], np.asarray(bounds, np.float32)[[2, 3, 2, 3]]
-    clipped = np.clip(grown, low, high)
+    bounds = np.asarray(bounds, np.float32)
+    clipped = np.clip(grown, bounds[[0, 1, 0, 1]], bounds[[2, 3, 2, 3]])
     clipped[2:] = np.maximum(clipped[2:], clipped[:2])
     return clipped
 
