@@ -64,7 +64,7 @@ def test_corrupt_checkpoint(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("array, message", [
-    (np.zeros((8, 8), np.float32), "expected a 3D"),
+    (np.zeros((8, 8), np.float32), "is a single 2D slice (8 x 8 pixels); a 3D volume is needed"),
     (np.full((4, 4, 4), np.nan, np.float32), "NaN"),
 ])
 def test_bad_images(capsys, tmp_path, array, message):

@@ -14,6 +14,7 @@ from MedSegAdaptLib.cli.demo import add_demo_parser
 from MedSegAdaptLib.cli.evaluate import add_evaluate_parser
 from MedSegAdaptLib.cli.finetune import add_finetune_parser
 from MedSegAdaptLib.cli.segment import add_segment_parser
+from MedSegAdaptLib.cli.series import add_series_parser
 from MedSegAdaptLib.cli.store import add_store_parser
 from MedSegAdaptLib.cli.suggest import add_suggest_parser
 from MedSegAdaptLib.core.errors import InputError
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "segmentation that adapts to the local scanner.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_segment_parser(subparsers)
+    add_series_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_demo_parser(subparsers)
     add_store_parser(subparsers)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from MedSegAdaptLib.cli.model_options import add_model_options, load_segmenter
+from MedSegAdaptLib.cli.series import add_series_option, print_series_note
 from MedSegAdaptLib.core.axes import AXIS_NAMES, axis_index
 from MedSegAdaptLib.core.errors import InputError
 
@@ -22,6 +23,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                     "priors, steers the model with its location, texture and shape. Without box and points, "
                     "a checkpoint fine-tuned prompt-free on the structure segments every slice.")
     parser.add_argument("image", type=Path, help="NRRD/NHDR, NIfTI, MHA/MHD file or a DICOM series folder")
+    add_series_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .seg.nrrd")
     parser.add_argument("--structure",
                         help="segment name; also picks the CT intensity window (lung, bone, soft tissue, brain); "
@@ -58,7 +60,7 @@ def run_segment(args: argparse.Namespace) -> int:
     report = _read_report(args)
     if args.structure is None and report is None:
         raise InputError("give --structure NAME, or a --report / --report-file that names the structure")
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, args.series, notify=print_series_note)
     axis = axis_index(args.axis)
     segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
     options = PropagationOptions(largest_component=args.largest_component)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from MedSegAdaptLib.cli.series import add_series_option, print_series_note
 from MedSegAdaptLib.core.errors import InputError
 
 if TYPE_CHECKING:
@@ -89,8 +90,11 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add_image(args: argparse.Namespace) -> int:
+    from MedSegAdaptLib.io import read_volume
+
     with _open(args.store) as store:
-        case, created = store.add_image(args.image, case_id=args.case_id, modality=args.modality)
+        image = read_volume(args.image, args.series, notify=print_series_note)
+        case, created = store.add_image(image, case_id=args.case_id, modality=args.modality)
     if created:
         shape = "x".join(map(str, case.geometry.shape))
         print(
@@ -117,12 +121,12 @@ def _submit(args: argparse.Namespace) -> int:
     from MedSegAdaptLib.store.slices import parse_slices
 
     slices = parse_slices(args.slices) if args.slices else None
-    options = dict(
-        annotated_slices=slices,
-        kind=args.kind,
-        comment=args.comment,
-        checkpoint_sha256=args.checkpoint_sha256,
-    )
+    options = {
+        "annotated_slices": slices,
+        "kind": args.kind,
+        "comment": args.comment,
+        "checkpoint_sha256": args.checkpoint_sha256,
+    }
     with _open(args.store) as store:
         if args.label.name.lower().endswith(SEGMENTATION_SUFFIX):
             labels = store.submit_segmentation(
@@ -227,6 +231,7 @@ def add_store_parser(subparsers: argparse._SubParsersAction) -> None:
         "add-image", _add_image, "copy an image in as a case (the same image twice is recognised)"
     )
     parser.add_argument("image", type=Path, help="NRRD, NIfTI, MHA/MHD file or DICOM folder")
+    add_series_option(parser)
     parser.add_argument("--case-id", help="case id (A-Z a-z 0-9 . _ -); default: the file name")
     parser.add_argument("--modality", choices=("ct", "mr"), help="default: the file's DICOM modality, if any")
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from MedSegAdaptLib.cli.model_options import add_model_options, pretrained_and_adapted
+from MedSegAdaptLib.cli.series import add_series_option, print_series_note
 from MedSegAdaptLib.core.axes import AXIS_NAMES, axis_index
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.suggestions.options import RANKING_PURPOSES
@@ -38,6 +39,7 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("target", type=Path, metavar="IMAGE_OR_STORE",
                         help="an image file or DICOM folder, or a fine-tuning store folder (its annotated slices "
                              "are skipped; without --box-ijk its latest prediction or correction gives the box)")
+    add_series_option(parser, "IMAGE_OR_STORE")
     parser.add_argument("--structure", required=True, help="structure name (also picks the CT window)")
     parser.add_argument("--budget", type=int, required=True,
                         help="number of slices (volumes with --volumes) to suggest (1 or more)")
@@ -106,6 +108,8 @@ def run_suggest(args: argparse.Namespace) -> int:
     progress = TerminalProgress()
     try:
         if (args.target / MANIFEST_NAME).is_file():
+            if args.series is not None:
+                raise InputError(f"--series picks a series of a DICOM folder; {args.target} is a fine-tuning store")
             with FineTuningStore(args.target) as store:
                 case_id = args.case_id or _only_case(store)
                 store.case(case_id)
@@ -113,7 +117,7 @@ def run_suggest(args: argparse.Namespace) -> int:
                 suggestions = suggest_from_store(store, case_id, args.structure, budget, segmenter, box, points,
                                                  annotated, adapted, axis, args.seed, options, progress)
         else:
-            volume = read_volume(args.target)
+            volume = read_volume(args.target, args.series, notify=print_series_note)
             segmenter, adapted = pretrained_and_adapted(args, args.cache_dir)
             suggestions = suggest_slices(segmenter, volume, args.structure, budget, box, points, annotated, adapted,
                                          axis, args.seed, options=options, case_id=args.case_id, progress=progress)
@@ -145,6 +149,7 @@ def _run_volumes(args: argparse.Namespace, axis: int) -> int:
     budget = check_budget(args.budget, "volumes")
     given = [flag for flag, value in (("--case-id", args.case_id), ("--box-ijk", args.box_ijk),
                                       ("--point-ijk", args.point_ijk), ("--annotated", args.annotated),
+                                      ("--series", args.series),
                                       ("--all-slices", args.all_slices),
                                       ("--edge-band", args.edge_band is not None),
                                       ("--coverage-window", args.coverage_window is not None),

@@ -1,4 +1,4 @@
-"""Files in and out: volumes, segmentations, geometry, terminology, modality, atomic writes and sample data."""
+"""Files in and out: volumes, DICOM series, segmentations, geometry, terminology, modality, atomic writes and sample data."""
 from __future__ import annotations
 
 from MedSegAdaptLib.core.lazy_exports import lazy_exports
@@ -7,13 +7,16 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "Geometry": "geometry",
     "Segment": "segmentation",
     "Segmentation": "segmentation",
+    "DicomSeries": "dicom",
     "Volume": "volume",
     "atomic_output": "atomic",
+    "choose_dicom_series": "dicom",
     "ctchest4_overlapping_segmentation_path": "sample_data",
     "ctchest4_segmentation_path": "sample_data",
     "ctchest4_volume_path": "sample_data",
     "default_color": "terminology",
     "detect_modality": "modality",
+    "list_dicom_series": "dicom",
     "read_segmentation": "segmentation",
     "read_volume": "volume",
     "standard_names": "terminology",

@@ -1,8 +1,9 @@
-"""Reading and writing 3D image volumes (NRRD, NIfTI, MHA/MHD, DICOM series) with SimpleITK."""
+"""Reading and writing 3D image volumes (NRRD, NIfTI, MHA/MHD, DICOM files and folders) with SimpleITK."""
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.atomic import atomic_output
+from MedSegAdaptLib.io.dicom import DicomSeries, choose_dicom_series
 from MedSegAdaptLib.io.geometry import Geometry
 
 __all__ = ["WRITABLE_SUFFIXES", "Volume", "read_volume", "volume_from_array", "write_volume"]
@@ -19,6 +21,7 @@ __all__ = ["WRITABLE_SUFFIXES", "Volume", "read_volume", "volume_from_array", "w
 WRITABLE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 _MODALITY_TAG = "0008|0060"
+_SERIES_TAG = "0020|000e"
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Volume:
 
     ``array`` is indexed (I, J, K) as in 3D Slicer: the file's first, second and third axis.
     ``modality_hint`` is the DICOM Modality ('CT', 'MR', ...) when the source says so, else None.
+    ``dicom_series`` is the series read when the source was a DICOM folder, else None.
     Construction checks that the array is 3D, matches ``geometry.shape`` and has finite voxels.
     """
 
@@ -34,6 +38,7 @@ class Volume:
     geometry: Geometry
     path: str | None = None
     modality_hint: str | None = None
+    dicom_series: DicomSeries | None = None
 
     def __post_init__(self) -> None:
         source = self.path or "volume array"
@@ -77,70 +82,99 @@ def volume_from_array(
     return Volume(np.asarray(array), geometry, path, modality_hint)
 
 
-def _dicom_series_files(folder: Path) -> list[str]:
-    """Files of the DICOM series with the most files in ``folder``."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(
-            f"No DICOM series found in folder {folder}; expected a folder of DICOM files of one series"
-        )
-    return max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids),
-        key=len,
-    )
-
-
-def _read_image(path: Path) -> tuple[sitk.Image, str | None]:
-    """The SimpleITK image at ``path`` (file or DICOM folder) and its DICOM Modality if any."""
+def _read_image(path: Path, series: DicomSeries | None) -> sitk.Image:
+    """The SimpleITK image of ``series`` (a series of one file is read as that file, so that a
+    multi-frame file comes back 3D) or, without a series, of the file at ``path``."""
     try:
-        if path.is_dir():
+        if series is not None and len(series.files) > 1:
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_dicom_series_files(path))
-            reader.MetaDataDictionaryArrayUpdateOn()
-            image = reader.Execute()
-            has_modality = reader.HasMetaDataKey(0, _MODALITY_TAG)
-            modality = reader.GetMetaData(0, _MODALITY_TAG) if has_modality else ""
-        else:
-            image = sitk.ReadImage(str(path))
-            has_modality = image.HasMetaDataKey(_MODALITY_TAG)
-            modality = image.GetMetaData(_MODALITY_TAG) if has_modality else ""
+            reader.SetFileNames(list(series.files))
+            return reader.Execute()
+        return sitk.ReadImage(series.files[0] if series is not None else str(path))
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise InputError(
             f"Cannot read {path} as an image ({reason}); "
             "expected a NRRD, NIfTI, MHA/MHD file or a DICOM series folder"
         ) from error
-    return image, modality.strip() or None
 
 
-def _as_3d(image: sitk.Image, path: Path) -> sitk.Image:
-    """The image itself if 3D and scalar; a 4D image with a single time point as 3D; else InputError."""
-    size = image.GetSize()
-    if image.GetNumberOfComponentsPerPixel() != 1:
+def _modality(image: sitk.Image, series: DicomSeries | None) -> str | None:
+    if series is not None:
+        return series.modality or None
+    if not image.HasMetaDataKey(_MODALITY_TAG):
+        return None
+    return image.GetMetaData(_MODALITY_TAG).strip() or None
+
+
+def _as_3d(image: sitk.Image, path: Path, series: DicomSeries | None) -> sitk.Image:
+    """The image itself if 3D and scalar; a 4D image with a single time point as 3D; else InputError
+    naming the file (a DICOM series' first file)."""
+    if series is not None:
+        files = f"{len(series.files)} file{'s' if len(series.files) != 1 else ''}"
+        source = f"DICOM file {series.files[0]} (series {series.uid}, {files})"
+    else:
+        source = str(path)
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        original = ": read the original greyscale series" if series is not None or image.HasMetaDataKey(
+            _SERIES_TAG) else ""
         raise InputError(
-            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "expected a scalar (single-component) 3D image"
+            f"{source} has {components} components per voxel (colour, such as the RGB of a secondary capture "
+            f"or screenshot); a scalar (greyscale) image is expected{original}"
         )
+    size = image.GetSize()
     if image.GetDimension() == 4 and size[3] == 1:
-        return sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0])
-    if image.GetDimension() != 3:
-        raise InputError(f"{path} is a {image.GetDimension()}D image of size {size}; expected a 3D volume")
+        image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0])
+        size = image.GetSize()
+    if image.GetDimension() not in (2, 3):
+        raise InputError(f"{source} is a {image.GetDimension()}D image of size {size}; expected a 3D volume")
+    extents = [extent for extent in size if extent > 1]
+    if len(extents) == 2:
+        hint = ""
+        if series is None and image.HasMetaDataKey(_SERIES_TAG):
+            hint = "; for a DICOM series, give the folder that holds all of its files"
+        raise InputError(
+            f"{source} is a single 2D slice ({extents[0]} x {extents[1]} pixels); a 3D volume is needed{hint}"
+        )
+    if len(extents) < 2 or image.GetDimension() != 3:
+        raise InputError(f"{source} has size {size}; a 3D volume is needed")
     return image
 
 
-def read_volume(path: str | os.PathLike[str]) -> Volume:
-    """Read a 3D scalar volume from NRRD/NHDR, NIfTI, MHA/MHD or a DICOM series folder.
+def read_volume(
+    path: str | os.PathLike[str],
+    series_uid: str | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
+) -> Volume:
+    """Read a 3D scalar volume from NRRD/NHDR, NIfTI, MHA/MHD, a DICOM file or a DICOM folder.
 
-    Spacing, origin and direction are kept in LPS as SimpleITK gives them; the array is (I, J, K).
-    For a folder, the DICOM series with the most files is read.
+    Spacing, origin and direction (oblique ones too) are kept in LPS as SimpleITK gives them; the
+    array is (I, J, K). For a folder, ``series_uid`` picks the DICOM series to read; without it the
+    largest is read (see io.dicom.choose_dicom_series). Either way ``notify``, when given, is called
+    with one line saying which series was read and why, and the volume's ``dicom_series`` is it.
+    A single-frame file or series is refused as a 2D slice, a colour image as not greyscale; a
+    multi-frame file is read as the 3D volume its frames make.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(
             f"Volume not found: {path}; expected an existing NRRD, NIfTI, MHA/MHD file or DICOM folder"
         )
-    image, modality = _read_image(path)
-    image = _as_3d(image, path)
+    series = None
+    if path.is_dir():
+        series, line = choose_dicom_series(path, series_uid)
+        if notify is not None:
+            notify(line)
+    elif series_uid is not None:
+        raise InputError(
+            f"A series UID ({series_uid}) picks one series of a DICOM folder, but {path} is a file; "
+            "expected the folder that holds the series"
+        )
+    image = _read_image(path, series)
+    modality = _modality(image, series)
+    image = _as_3d(image, path, series)
     geometry = Geometry(
         shape=image.GetSize(),
         spacing=image.GetSpacing(),
@@ -148,7 +182,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         direction=image.GetDirection(),
     )
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return Volume(array, geometry, str(path), modality)
+    return Volume(array, geometry, str(path), modality, series)
 
 
 def write_volume(path: str | os.PathLike[str], volume: Volume) -> None:
