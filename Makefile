@@ -8,7 +8,7 @@ DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.deps-$(DEPS_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup cases demo test test-fast bench evaluate clean
 
 $(STAMP):
 	rm -rf "$(VENV)"
@@ -21,11 +21,16 @@ $(STAMP):
 setup: $(STAMP)
 	"$(VENV)/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
 
+# The five real clinical cases (pyradiomics 3.1.0's source archive from the package index, SHA-256
+# checked), extracted once into ~/.cache/medsegadapt/clinical_cases; the slow tests use them.
+cases: setup
+	"$(VENV)/bin/medsegadapt" cases --fetch
+
 demo: setup
 	"$(VENV)/bin/medsegadapt" demo
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: setup
+test: setup cases
 	"$(VENV)/bin/python" -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
@@ -35,6 +40,10 @@ test-fast: test
 
 bench: setup
 	"$(VENV)/bin/python" benchmarks/bench_segmentation.py
+
+# Dice, HD95 and seconds on every real target, one table per prompt kind (docs/segmentation.md).
+evaluate: cases
+	"$(VENV)/bin/python" benchmarks/evaluate_real_cases.py --markdown
 
 clean:
 	rm -rf "$(VENV)" out

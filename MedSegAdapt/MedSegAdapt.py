@@ -676,6 +676,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = (
             f"{name}: {int(outcome.mask.sum())} voxels in {outcome.seconds:.1f} s "
             f"({outcome.slices_encoded} slices encoded, {outcome.modality}: {outcome.modality_reason})."
+            + (f" Lesion: {self.logic.last_measurement}." if self.logic.last_measurement is not None else "")
         )
         self.ui.correctionSegmentComboBox.currentText = name
 

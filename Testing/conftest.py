@@ -79,3 +79,11 @@ def segmenter(litemedsam, embeddings):
     from MedSegAdaptLib.inference import Segmenter
 
     return Segmenter(litemedsam, embeddings)
+
+
+@pytest.fixture(scope="session")
+def clinical():
+    """The five real clinical cases by name (fetched by `make cases`): (ClinicalCase, Volume, mask)."""
+    from MedSegAdaptLib.io.clinical_cases import clinical_cases
+
+    return {case.name: (case, *case.load()) for case in clinical_cases()}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skimage.measure import label as label_components
 
 try:
     import slicer
@@ -350,6 +351,24 @@ def test_segment_from_a_report_names_the_segment(app, logic, volume_node, refere
     assert segment.GetName() == "left lung"
     assert logic.last_outcome.report.structure == "left lung"
     assert dice(segment_mask(output, segment_id, volume_node), truth) >= 0.78
+
+
+@pytest.mark.slow
+def test_a_lesion_is_one_component_with_its_measurements_in_the_segment_tags(app, logic, clinical):
+    case, volume, truth = clinical["brain2"]
+    node = volume_to_node(volume, app.scene, "brain2")
+    output = app.new_segmentation("MedSegAdapt lesion")
+    segment_id = logic.segment(node, output, case.structure, roi_node=roi_from_box(Box3D.around(truth, 2), node))
+    mask = segment_mask(output, segment_id, node)
+    assert dice(mask, truth) > 0.3
+    assert label_components(mask, connectivity=3).max() == 1
+    measured = logic.last_measurement
+    assert measured.volume_ml == pytest.approx(mask.sum() * np.prod(volume.geometry.spacing) / 1000)
+    segment = output.GetSegmentation().GetSegment(segment_id)
+    for key, value in measured.as_tags().items():
+        text = vtk.reference("")
+        assert segment.GetTag(key, text) and str(text) == value
+    assert 5 < measured.longest_axial_diameter_mm < 40  # a 15 mm lesion
 
 
 @pytest.mark.slow

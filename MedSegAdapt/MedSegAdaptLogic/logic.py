@@ -31,6 +31,7 @@ from typing import Any
 from MedSegAdaptLib.core.axes import AXIS_NAMES
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.core.progress import ProgressCallback
+from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D
 from MedSegAdaptLib.io import Volume
 
@@ -150,6 +151,13 @@ class MedSegAdaptLogic:
         self._pretrained: tuple[str, Any] | None = None  # (device, Segmenter) of the packaged LiteMedSAM
         self._lock = threading.Lock()
         self.last_outcome = None
+        self._last_measurement = None
+
+    @property
+    def last_measurement(self):
+        """Volume and longest axial diameter (LesionMeasurement) of the last lesion `apply` wrote, also kept
+        in the segment's tags; None after any other structure."""
+        return self._last_measurement
 
     # conversions, as methods so the Slicer console finds them on the logic object
     volume_from_node = staticmethod(volume_from_node)
@@ -279,6 +287,11 @@ class MedSegAdaptLogic:
             segment_id = set_segment_mask(segmentation_node, unique_segment_name(segmentation_node, name),
                                           outcome.mask, volume_node, replace=False)
         mark_model_output(segmentation_node, segment_id, outcome.mask)
+        self._last_measurement = measure_if_lesion(name, outcome.mask, request.volume.geometry)
+        if self._last_measurement is not None:
+            segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+            for key, value in self._last_measurement.as_tags().items():
+                segment.SetTag(key, value)
         return segment_id
 
     def segment(self, volume_node, segmentation_node, structure: str, roi_node=None, points_node=None,

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from MedSegAdaptLib.cli.adapt import add_adapt_parsers
+from MedSegAdaptLib.cli.cases import add_cases_parser
 from MedSegAdaptLib.cli.demo import add_demo_parser
 from MedSegAdaptLib.cli.evaluate import add_evaluate_parser
 from MedSegAdaptLib.cli.finetune import add_finetune_parser
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(subparsers)
     add_suggest_parser(subparsers)
     add_adapt_parsers(subparsers)
+    add_cases_parser(subparsers)
     return parser
 
 

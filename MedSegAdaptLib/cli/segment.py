@@ -3,6 +3,7 @@ or no prompt."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from MedSegAdaptLib.cli.model_options import add_model_options, load_segmenter
@@ -37,7 +38,11 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--modality", default="auto", choices=("auto", "ct", "mr"),
                         help="auto decides from the Modality tag or the intensities and says so (default: %(default)s)")
     parser.add_argument("--axis", default="k", choices=AXIS_NAMES, help="slicing axis (default: %(default)s, axial)")
-    parser.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected component")
+    components = parser.add_mutually_exclusive_group()
+    components.add_argument("--largest-component", action="store_true",
+                            help="keep only the largest 3D connected component (the default for lesions)")
+    components.add_argument("--all-components", action="store_true",
+                            help="keep every 3D connected component, also of a lesion")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep slice embeddings on disk here, so a later prompt on the same volume skips the encoder")
     parser.add_argument("--text-encoder", type=Path, default=None,
@@ -50,7 +55,8 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     """Handler of `medsegadapt segment`."""
     from MedSegAdaptLib.core.progress import TerminalProgress
-    from MedSegAdaptLib.inference import Box3D, Point3D, PropagationOptions
+    from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
+    from MedSegAdaptLib.inference import Box3D, Point3D
     from MedSegAdaptLib.io import Segment, Segmentation, read_volume, write_segmentation
 
     if not str(args.output).endswith(".seg.nrrd"):
@@ -63,7 +69,9 @@ def run_segment(args: argparse.Namespace) -> int:
     volume = read_volume(args.image, args.series, notify=print_series_note)
     axis = axis_index(args.axis)
     segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
-    options = PropagationOptions(largest_component=args.largest_component)
+    options = segmenter.options_for(args.structure or report)
+    if args.largest_component or args.all_components:
+        options = replace(options, largest_component=args.largest_component)
     progress = TerminalProgress()
     try:
         outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report,
@@ -74,11 +82,14 @@ def run_segment(args: argparse.Namespace) -> int:
     name = args.structure or outcome.report.structure
     if outcome.report is not None:
         _print_report(outcome.report, segmenter.backbone.priors is not None)
-    segmentation = Segmentation(volume.geometry, [Segment(name, outcome.mask)])
-    write_segmentation(args.output, segmentation)
+    measurement = measure_if_lesion(name, outcome.mask, volume.geometry)
+    tags = measurement.as_tags() if measurement is not None else {}
+    write_segmentation(args.output, Segmentation(volume.geometry, [Segment(name, outcome.mask, tags=tags)]))
     slices = sorted(outcome.propagation.slice_iou)
     print(f"{name}: {int(outcome.mask.sum())} voxels on {int(outcome.mask.any(axis=tuple(a for a in range(3) if a != axis)).sum())} "
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
+    if measurement is not None:
+        print(f"lesion: {measurement}")
     print(f"wrote {args.output}")
     return 0
 

@@ -28,7 +28,7 @@ class Box3D:
     hi: tuple[int, int, int]
 
     @classmethod
-    def parse(cls, text: str) -> "Box3D":
+    def parse(cls, text: str) -> Box3D:
         """From 'i0,j0,k0,i1,j1,k1'."""
         values = _comma_integers(text)
         if len(values) != 6:
@@ -36,7 +36,7 @@ class Box3D:
         return cls(tuple(values[:3]), tuple(values[3:]))
 
     @classmethod
-    def around(cls, mask: np.ndarray, margin: int = 0) -> "Box3D":
+    def around(cls, mask: np.ndarray, margin: int = 0) -> Box3D:
         """Bounding box of a non-empty (I, J, K) mask, grown by `margin` voxels and kept inside it."""
         nonzero = np.argwhere(mask)
         if nonzero.size == 0:
@@ -58,6 +58,16 @@ class Box3D:
     def slice_range(self, axis: int) -> tuple[int, int]:
         return self.lo[axis], self.hi[axis]
 
+    def on_slice(self, axis: int, index: int) -> Box3D:
+        """The same in-plane rectangle on slice `index` along `axis` only: a 2D box drawn on one slice."""
+        lo, hi = list(self.lo), list(self.hi)
+        lo[axis] = hi[axis] = index
+        return Box3D(tuple(lo), tuple(hi))
+
+    def is_2d(self, axis: int) -> bool:
+        """True for a box one slice thick along `axis`: propagation then runs through the whole volume."""
+        return self.lo[axis] == self.hi[axis]
+
     def rect(self, axis: int) -> np.ndarray:
         """In-plane box (x0, y0, x1, y1) on slices along `axis`."""
         x_axis, y_axis = in_plane_axes(axis)
@@ -75,7 +85,7 @@ class Point3D:
     label: int = 1
 
     @classmethod
-    def parse(cls, text: str) -> "Point3D":
+    def parse(cls, text: str) -> Point3D:
         """From 'i,j,k' or 'i,j,k,label'."""
         values = _comma_integers(text)
         if len(values) not in (3, 4) or (len(values) == 4 and values[3] not in (0, 1)):

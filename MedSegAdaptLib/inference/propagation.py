@@ -3,7 +3,8 @@
 Starting from the middle slice of the box (or the slice of the foreground points), each next slice
 is prompted with the previous slice's mask box plus a margin, clipped to the 3D box; propagation
 stops when the mask vanishes, when the decoder's predicted IoU drops under a threshold, when the
-intensity inside the mask leaves the start slice's, or at the end of the box.
+intensity inside the mask leaves the start slice's, or at the end of the box. A 2D box (one slice
+thick, drawn on one slice) propagates through the whole volume until a stopping rule fires.
 
 Backbones trained with boxes only (LiteMedSAM) get no point prompts: foreground points without a
 box become a start box around the region of similar intensity connected to them on their slice.
@@ -13,11 +14,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from skimage.filters import gaussian
 from skimage.measure import label as label_components
+from skimage.morphology import dilation, disk
 from skimage.segmentation import flood
 
 from MedSegAdaptLib.core.axes import in_plane_axes, put_slice, take_slices
@@ -27,19 +30,24 @@ from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.inference.preprocess import logits_to_slice, slice_scale
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
 from MedSegAdaptLib.inference.slice_encoder import SliceEncoder
-from MedSegAdaptLib.priors.modules import AttributeTokens
+
+if TYPE_CHECKING:  # the prior modules import torchvision: only a backbone with priors needs them
+    from MedSegAdaptLib.priors.modules import AttributeTokens
 
 __all__ = [
+    "LESION_OPTIONS",
     "ChainStep",
     "PropagationChain",
     "PropagationOptions",
     "PropagationResult",
     "StopRule",
     "VolumePropagator",
+    "contrast_lost",
     "intensity_drift",
     "largest_component",
     "mask_vanished",
     "next_prompt_rect",
+    "options_for_category",
     "predicted_iou_below",
     "prompt_rect",
 ]
@@ -55,7 +63,12 @@ class PropagationOptions:
     right/left lung Dice from 0.78/0.74 to 0.88/0.81 and costs the heterogeneous 'tissue' segment
     0.43 -> 0.19; 1.0 switches the rule off); largest_component: keep only the largest 3D
     connected component; flood_tolerance: for box-only backbones, the intensity tolerance (fraction
-    of the clipped range) of the region grown from foreground points into a start box."""
+    of the clipped range) of the region grown from foreground points into a start box;
+    min_contrast: propagation stops when the contrast of a slice's mask with the ring around it
+    (median inside minus median in a 3-pixel ring) falls under this fraction of the start slice's
+    contrast or flips sign (the decoder has filled a box beyond the end of a lesion; 0 switches the
+    rule off). `for_category` gives the preset of a knowledge-base category (docs/segmentation.md
+    has each rule's effect per real case)."""
 
     margin: int = 3
     min_area: int = MIN_MASK_AREA
@@ -63,6 +76,16 @@ class PropagationOptions:
     max_intensity_shift: float = 0.2
     largest_component: bool = False
     flood_tolerance: float = 0.07
+    min_contrast: float = 0.0
+
+
+LESION_OPTIONS = PropagationOptions(max_intensity_shift=0.1, min_contrast=0.25, largest_component=True)
+"""Lesions: compact and of one appearance, so a tighter intensity rule, the contrast rule, one component."""
+
+
+def options_for_category(category: str | None) -> PropagationOptions:
+    """The propagation preset for a knowledge-base category ('lesion', 'organ', ...; None: unknown)."""
+    return LESION_OPTIONS if category == "lesion" else PropagationOptions()
 
 
 @dataclass
@@ -125,6 +148,25 @@ def intensity_drift(clipped: np.ndarray, axis: int, reference: float, tolerance:
         median = float(np.median(take_slices(clipped, axis, [index])[0][mask]))
         if abs(median - reference) > tolerance:
             return f"median intensity {median:.0f} left {reference:.0f} +- {tolerance:.0f} at slice {index}"
+        return None
+
+    return rule
+
+
+def _ring_contrast(image: np.ndarray, mask: np.ndarray) -> float:
+    """Median of (H, W) `image` inside `mask` minus its median in the 3-pixel ring around it."""
+    ring = dilation(mask, disk(3)) & ~mask
+    return float(np.median(image[mask]) - np.median(image[ring])) if ring.any() else 0.0
+
+
+def contrast_lost(clipped: np.ndarray, axis: int, start_contrast: float, fraction: float) -> StopRule:
+    """Stop where the mask's contrast with its surrounding ring falls under `fraction` of `start_contrast`
+    (same sign), i.e. the mask no longer stands out from its surroundings as the structure did."""
+
+    def rule(index: int, mask: np.ndarray, iou: float) -> str | None:
+        contrast = _ring_contrast(take_slices(clipped, axis, [index])[0], mask)
+        if contrast * np.sign(start_contrast) < fraction * abs(start_contrast):
+            return f"contrast with the surroundings {contrast:.0f} < {fraction} x {start_contrast:.0f} at slice {index}"
         return None
 
     return rule
@@ -258,10 +300,11 @@ class VolumePropagator:
         for point in points:
             point.validate(self.shape)
         axis, opts = self.axis, self.options
-        lo, hi = box.slice_range(axis) if box is not None else (0, self.shape[axis] - 1)
-        bounds = box.rect(axis) if box is not None else np.array([0, 0, self.width - 1, self.height - 1], np.float32)
+        whole_volume = box is None or box.is_2d(axis)
+        lo, hi = (0, self.shape[axis] - 1) if whole_volume else box.slice_range(axis)
+        bounds = np.array([0, 0, self.width - 1, self.height - 1], np.float32) if whole_volume else box.rect(axis)
         start = _start_slice(axis, box, points)
-        first_rect = bounds if box is not None else None
+        first_rect = box.rect(axis) if box is not None else None
         if not self.encoder.backbone.spec.point_prompts:
             if box is None:
                 first_rect = self._flood_rect(start, [p for p in points if p.label == 1 and p.ijk[axis] == start])
@@ -279,8 +322,11 @@ class VolumePropagator:
         clipped = self.encoder.clipped
         start_median = float(np.median(take_slices(clipped, axis, [start])[0][mask]))
         tolerance = opts.max_intensity_shift * float(clipped.max() - clipped.min())
-        stop_rules = (mask_vanished(opts.min_area), predicted_iou_below(opts.min_iou),
-                      intensity_drift(clipped, axis, start_median, tolerance))
+        stop_rules = [mask_vanished(opts.min_area), predicted_iou_below(opts.min_iou),
+                      intensity_drift(clipped, axis, start_median, tolerance)]
+        if opts.min_contrast > 0:
+            start_contrast = _ring_contrast(take_slices(clipped, axis, [start])[0], mask)
+            stop_rules.append(contrast_lost(clipped, axis, start_contrast, opts.min_contrast))
 
         done, total = 1, hi - lo + 1
         for step, name in ((1, "up"), (-1, "down")):

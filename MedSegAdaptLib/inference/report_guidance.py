@@ -19,16 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from MedSegAdaptLib.core.errors import InputError
-from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
+from MedSegAdaptLib.knowledge.knowledge_base import ATTRIBUTES, PRIORS, KnowledgeBase
 from MedSegAdaptLib.knowledge.report_parser import ParsedReport, parse_report
 from MedSegAdaptLib.models.backbone import SamBackbone
-from MedSegAdaptLib.priors.modules import (
-    ATTRIBUTES,
-    PRIORS,
-    AttributeTokens,
-)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the prior modules import torchvision: only a backbone with priors needs them
+    from MedSegAdaptLib.priors.modules import AttributeTokens
     from MedSegAdaptLib.priors.text_encoder import TextEncoder
 
 __all__ = ["PriorGuidance"]

@@ -17,6 +17,7 @@ from MedSegAdaptLib.inference.propagation import (
     PropagationOptions,
     PropagationResult,
     VolumePropagator,
+    options_for_category,
 )
 from MedSegAdaptLib.inference.report_guidance import PriorGuidance
 from MedSegAdaptLib.inference.slice_encoder import (
@@ -26,6 +27,7 @@ from MedSegAdaptLib.inference.slice_encoder import (
 )
 from MedSegAdaptLib.io.modality import detect_modality
 from MedSegAdaptLib.io.volume import Volume
+from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.knowledge.report_parser import ParsedReport
 from MedSegAdaptLib.models.backbone import SamBackbone
 
@@ -45,6 +47,8 @@ class SegmentationOutcome:
     slices_encoded: int
     report: ParsedReport | None = None
     """The parsed report or query, when one was given or the backbone has MedSeg-R priors."""
+    options: PropagationOptions | None = None
+    """The propagation options used (the category preset when none were given)."""
 
 
 class Segmenter:
@@ -85,6 +89,11 @@ class Segmenter:
             self._encoders[key] = encoder
         return encoder
 
+    @staticmethod
+    def options_for(structure: str) -> PropagationOptions:
+        """The propagation preset of a structure's knowledge-base category (lesions: one component, ...)."""
+        return options_for_category(KnowledgeBase.load().category_of(structure))
+
     @property
     def guidance(self) -> PriorGuidance:
         """Knowledge base and (loaded on first use) text encoder for reports and priors."""
@@ -95,7 +104,7 @@ class Segmenter:
     def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,
                 points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
                 progress: ProgressCallback | None = None, report: str | None = None, *, axis: int = DEFAULT_AXIS,
-                options: PropagationOptions = PropagationOptions()) -> SegmentationOutcome:
+                options: PropagationOptions | None = None) -> SegmentationOutcome:
         """Segment `structure` in `volume` from a 3D box and/or points (IJK), or without a prompt
         when the backbone was fine-tuned prompt-free on that structure.
 
@@ -104,7 +113,8 @@ class Segmenter:
         against the knowledge base; it names the structure when `structure` is None, and with a
         backbone that has MedSeg-R priors its location, texture and shape texts steer the decoder
         (without a report, the knowledge base's description of the structure does). axis: the slicing
-        axis (0, 1, 2 for I, J, K); options: how propagation prompts and stops.
+        axis (0, 1, 2 for I, J, K); options: how propagation prompts and stops (None: the preset of the
+        structure's knowledge-base category, see options_for_category: lesions keep one component).
         """
         started = time.perf_counter()
         if modality == "auto":
@@ -121,6 +131,8 @@ class Segmenter:
             self.guidance.check(self.backbone)
             tokens = self.guidance.tokens(parsed)
         preset = preset_for(structure, modality)
+        if options is None:
+            options = self.options_for(structure)
         encoder = self.encoder_for(volume, preset, axis)
         encoded_before = encoder.encoded_count
         propagator = VolumePropagator(encoder, options, tokens)
@@ -135,4 +147,4 @@ class Segmenter:
         else:
             propagation = propagator.run(box, points, progress)
         return SegmentationOutcome(propagation.mask, modality, reason, preset, propagation,
-                                   time.perf_counter() - started, encoder.encoded_count - encoded_before, parsed)
+                                   time.perf_counter() - started, encoder.encoded_count - encoded_before, parsed, options)

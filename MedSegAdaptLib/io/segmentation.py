@@ -22,7 +22,8 @@ SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 @dataclass
 class Segment:
-    """One structure: a boolean (I, J, K) mask with a name, an RGB colour in 0..1 and a terminology.
+    """One structure: a boolean (I, J, K) mask with a name, an RGB colour in 0..1, a terminology and tags
+    (free key-value text kept in the .seg.nrrd, e.g. a lesion's measurements; keys without ':' or '|').
 
     A missing colour becomes :func:`default_color` of the name and a missing terminology the
     :func:`standard_terminology` of the name (None when the name is not a standard structure).
@@ -32,9 +33,14 @@ class Segment:
     mask: np.ndarray
     color: tuple[float, float, float] | None = None
     terminology: dict | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mask = np.asarray(self.mask, dtype=bool)
+        for key, value in self.tags.items():
+            if not key or set(key) & {":", "|"} or "|" in str(value):
+                raise InputError(f"Segment {self.name!r} has tag {key!r}: {value!r}; expected a key without ':' "
+                                 "or '|' and a value without '|'")
         if self.color is None:
             self.color = default_color(self.name)
         self.color = tuple(float(c) for c in self.color)
@@ -142,6 +148,7 @@ def read_segmentation(path: str | os.PathLike[str]) -> Segmentation:
                 mask=slicerio.segment_mask(data, entry),
                 color=entry.get("color"),
                 terminology=entry.get("terminology"),
+                tags=dict(entry.get("tags", {})),
             )
             for entry in data["segments"]
         ]
@@ -158,7 +165,7 @@ def write_segmentation(path: str | os.PathLike[str], segmentation: Segmentation)
     """Write ``segmentation`` atomically as a 3D Slicer ``.seg.nrrd``.
 
     Segments that do not overlap share a layer; overlapping ones go to further layers, as Slicer
-    stores them. Names, colours and terminology are written; the grid is exactly ``geometry``.
+    stores them. Names, colours, terminology and tags are written; the grid is exactly ``geometry``.
     """
     path = Path(path)
     if not path.name.lower().endswith(SEGMENTATION_SUFFIX):
@@ -180,6 +187,8 @@ def write_segmentation(path: str | os.PathLike[str], segmentation: Segmentation)
         }
         if segment.terminology is not None:
             fields["terminology"] = segment.terminology
+        if segment.tags:
+            fields["tags"] = {key: str(value) for key, value in segment.tags.items()}
         slicerio.add_segment(data, segment.mask, fields)["extent"] = full_extent
     with atomic_output(path) as temporary:
         slicerio.write_segmentation(str(temporary), data)

@@ -168,6 +168,11 @@ class KnowledgeBase:
                 else f"known structures: {', '.join(self.names())}")
         raise InputError(f"Unknown structure {name!r} in the knowledge base ({self.source}); {hint}")
 
+    def category_of(self, name: str) -> str | None:
+        """The category ('organ', 'lesion', ...) of the structure a name or query is about; None when unknown."""
+        found = self.find_in_text(name)
+        return found.category if found is not None else None
+
     def find_in_text(self, text: str) -> Structure | None:
         """The structure a free-text report is about, or None.
 

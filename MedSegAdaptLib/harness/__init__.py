@@ -1,0 +1,12 @@
+"""The evaluation harness over every real target (CTChest4's structures, the clinical lesions)."""
+from __future__ import annotations
+
+from MedSegAdaptLib.core.lazy_exports import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "PROMPT_KINDS": "real_cases",
+    "RealTarget": "real_cases",
+    "evaluate_target": "real_cases",
+    "real_targets": "real_cases",
+    "reference_prompt": "real_cases",
+})
