@@ -37,10 +37,10 @@ def test_modality_detection(ctchest4):
 
 
 def test_ct_window_and_mr_percentiles():
-    ct = np.array([-3000, -1000, 0, 3000], dtype=np.int16).reshape(1, 1, 4)
+    ct = np.array([-3000, -1000, 0, 300, 3000], dtype=np.int16).reshape(1, 1, 5)
     clipped = clip_intensities(ct, preset_for("lung", "ct"))
     assert clipped.dtype == np.float32
-    assert clipped.ravel().tolist() == [-1350.0, -1000.0, 0.0, 150.0]
+    assert clipped.ravel().tolist() == [-1000.0, -1000.0, 0.0, 300.0, 400.0]  # air to enhanced soft tissue
     mr = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
     clipped = clip_intensities(mr, preset_for("brain", "mr"))
     assert clipped.min() > 1 and clipped.max() < 998
@@ -130,3 +130,13 @@ def test_start_slice_is_the_box_middle_or_the_slice_with_most_foreground_points(
     assert _start_slice(2, None, points) == 20
     with pytest.raises(InputError, match="at least one foreground point"):
         _start_slice(2, None, [Point3D((1, 1, 1), 0)])
+
+
+def test_intensity_cut_removes_only_voxels_far_outside_the_expected_range():
+    from MedSegAdaptLib.inference.intensity_cut import cut_to_expected_hu
+
+    hounsfield = np.array([-1000, -850, -450, -350, 40, 900], dtype=np.int16).reshape(1, 2, 3)
+    mask = np.ones(hounsfield.shape, dtype=bool)
+    kept = cut_to_expected_hu(mask, hounsfield, [(-900.0, -700.0)], tolerance=300.0)
+    assert kept.ravel().tolist() == [True, True, True, False, False, False]
+    assert cut_to_expected_hu(mask, hounsfield, []) is mask

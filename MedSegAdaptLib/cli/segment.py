@@ -43,6 +43,9 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                             help="keep only the largest 3D connected component (the default for lesions)")
     components.add_argument("--all-components", action="store_true",
                             help="keep every 3D connected component, also of a lesion")
+    parser.add_argument("--no-intensity-cut", action="store_true",
+                        help="keep voxels far outside the structure's expected CT intensity (by default they are cut, "
+                             "except for bone)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep slice embeddings on disk here, so a later prompt on the same volume skips the encoder")
     parser.add_argument("--text-encoder", type=Path, default=None,
@@ -75,7 +78,7 @@ def run_segment(args: argparse.Namespace) -> int:
     progress = TerminalProgress()
     try:
         outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report,
-                                    axis=axis, options=options)
+                                    axis=axis, options=options, intensity_cut=not args.no_intensity_cut)
     finally:
         progress.close()
     print(f"modality: {outcome.modality} ({outcome.modality_reason}); intensity preset: {outcome.preset.key}")

@@ -39,7 +39,7 @@ __all__ = [
     "uniform_slices",
 ]
 
-LOOP_STRUCTURES = ("thoracic vertebral column", "left lung")
+LOOP_STRUCTURES = ("thoracic vertebral column", "lumbar vertebral column")
 ANNOTATED_SLICES = 3
 CASE_ID = "CTChest4"
 EXPERT = "reference segmentation (stand-in expert)"

@@ -120,16 +120,17 @@ def _slice_boxes_mask(segmenter: Segmenter, target: RealTarget, axis: int) -> np
 
 
 def evaluate_target(segmenter: Segmenter, target: RealTarget, kind: str, axis: int = DEFAULT_AXIS,
-                    options: PropagationOptions | None = None) -> dict:
+                    options: PropagationOptions | None = None, intensity_cut: bool = True) -> dict:
     """One row: target, prompt kind, Dice, HD95 (mm, None when the prediction is empty), seconds, voxels.
-    options: propagation options (None: the Segmenter's preset for the structure's category)."""
+    options: propagation options (None: the Segmenter's preset for the structure's category);
+    intensity_cut: as Segmenter.segment's (per-slice boxes are decoded as they are)."""
     started = time.perf_counter()
     if kind == "slice boxes":
         mask = _slice_boxes_mask(segmenter, target, axis)
     else:
         box, points = reference_prompt(target.reference, kind, axis)
         mask = segmenter.segment(target.volume, target.structure, box=box, points=points, modality=target.modality,
-                                 axis=axis, options=options).mask
+                                 axis=axis, options=options, intensity_cut=intensity_cut).mask
     seconds = time.perf_counter() - started
     distance = hd95_mm(mask, target.reference, target.volume.geometry.spacing) if mask.any() else None
     return {"target": target.name, "prompt": kind, "dice": round(dice(mask, target.reference), 3),

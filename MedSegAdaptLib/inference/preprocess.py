@@ -27,9 +27,11 @@ __all__ = [
     "slices_to_input",
 ]
 
-# (level, width) in HU
+# (level, width) in HU. Lung: -1000..400 HU, air to enhanced soft tissue. The classic reading window
+# L-600/W1500 spends a fifth of its range below air (-1350 HU) and clips soft tissue at 150 HU; chosen on
+# all four lung targets (CTChest4's lungs, lung1, lung2), see docs/segmentation.md.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "lung": (-600.0, 1500.0),
+    "lung": (-300.0, 1400.0),
     "bone": (400.0, 1800.0),
     "soft_tissue": (40.0, 400.0),
     "brain": (40.0, 80.0),

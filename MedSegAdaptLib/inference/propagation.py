@@ -88,6 +88,12 @@ def options_for_category(category: str | None) -> PropagationOptions:
     return LESION_OPTIONS if category == "lesion" else PropagationOptions()
 
 
+FLOOD_SCALES = (0.5, 0.75, 1.0, 1.5)
+"""Multiples of PropagationOptions.flood_tolerance tried when a point alone starts a box-only backbone."""
+POINT_IOU_SLACK = 0.05
+"""Predicted IoU a smaller start box may give up against the most confident one."""
+
+
 @dataclass
 class PropagationResult:
     """mask: (I, J, K) bool; slice_iou: decoder's predicted IoU per processed slice index."""
@@ -262,15 +268,33 @@ class VolumePropagator:
         logits, iou = self.predict_logits(index, None if rect is None else rect[None], points)
         return (logits[0] > 0).numpy(), float(iou[0])
 
-    def _flood_rect(self, index: int, seeds: list[Point3D]) -> np.ndarray:
-        """Box (x0, y0, x1, y1) around the regions of similar intensity connected to the seeds."""
+    def _point_start_rect(self, index: int, seeds: list[Point3D]) -> np.ndarray:
+        """The start box (x0, y0, x1, y1) for foreground points on a box-only backbone. Regions of similar
+        intensity connected to the seeds are grown at FLOOD_SCALES x `options.flood_tolerance` (of the
+        slice's clipped range); each region's box plus the margin is decoded (one decoder call). Among the
+        boxes whose mask holds every seed (else all), those within POINT_IOU_SLACK of the best predicted IoU
+        are kept and the smallest wins: one tolerance alone either stops at texture inside an organ or leaks
+        out of it (into the other lung through the mediastinum), and the decoder is as sure of both lungs
+        as of one."""
         image = gaussian(take_slices(self.encoder.clipped, self.axis, [index])[0], sigma=1.0, preserve_range=True)
-        tolerance = self.options.flood_tolerance * float(image.max() - image.min())
-        region = np.zeros(image.shape, dtype=bool)
-        for seed in seeds:
-            x, y = seed.xy(self.axis)
-            region |= flood(image, (y, x), tolerance=tolerance)
-        return prompt_rect(mask_rect(region), self.options.margin)
+        spread = float(image.max() - image.min())
+        rects = []
+        for scale in FLOOD_SCALES:
+            region = np.zeros(image.shape, dtype=bool)
+            for seed in seeds:
+                x, y = seed.xy(self.axis)
+                region |= flood(image, (y, x), tolerance=scale * self.options.flood_tolerance * spread)
+            rects.append(prompt_rect(mask_rect(region), self.options.margin))
+        rects = np.unique(np.stack(rects), axis=0)
+        self.encoder.ensure([index])
+        logits, iou = self.predict_logits(index, rects)
+        holds = np.array([all(bool(logits[n, p.xy(self.axis)[1], p.xy(self.axis)[0]] > 0) for p in seeds)
+                          for n in range(len(rects))])
+        iou = iou.float().cpu().numpy()
+        candidates = np.flatnonzero(holds) if holds.any() else np.arange(len(rects))
+        confident = candidates[iou[candidates] >= iou[candidates].max() - POINT_IOU_SLACK]
+        areas = (rects[confident, 2] - rects[confident, 0]) * (rects[confident, 3] - rects[confident, 1])
+        return rects[confident[int(np.argmin(areas))]]
 
     def run_without_prompt(self, progress: ProgressCallback | None = None) -> PropagationResult:
         """Prompt-free segmentation (a decoder fine-tuned for it): every slice decoded without a
@@ -305,15 +329,18 @@ class VolumePropagator:
         bounds = np.array([0, 0, self.width - 1, self.height - 1], np.float32) if whole_volume else box.rect(axis)
         start = _start_slice(axis, box, points)
         first_rect = box.rect(axis) if box is not None else None
+        seeds = [p for p in points if p.label == 1 and p.ijk[axis] == start]
         if not self.encoder.backbone.spec.point_prompts:
             if box is None:
-                first_rect = self._flood_rect(start, [p for p in points if p.label == 1 and p.ijk[axis] == start])
+                first_rect = self._point_start_rect(start, seeds)
             points = []
         points_on = {k: [p for p in points if p.ijk[axis] == k] for k in {p.ijk[axis] for p in points}}
 
         result = PropagationResult(np.zeros(self.shape, dtype=bool), start)
         self.encoder.ensure([start], progress)
         mask, iou = self.predict_slice(start, first_rect, points_on.get(start, []))
+        if box is None:  # a point marks one structure: keep the parts of the mask that hold a seed
+            mask = _components_holding(mask, [p.xy(axis) for p in seeds])
         result.slice_iou[start] = iou
         if mask.sum() < opts.min_area:
             result.stopped_because["start"] = f"empty mask on the start slice {start}"
@@ -345,6 +372,14 @@ class VolumePropagator:
         if opts.largest_component:
             result.mask = largest_component(result.mask)
         return result
+
+
+def _components_holding(mask: np.ndarray, seeds_xy: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The 8-connected components of an (H, W) mask that hold one of the (x, y) seeds (the mask itself
+    when none does)."""
+    labels = label_components(mask, connectivity=2)
+    kept = {int(labels[y, x]) for x, y in seeds_xy} - {0}
+    return np.isin(labels, list(kept)) if kept else mask
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

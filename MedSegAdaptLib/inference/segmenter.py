@@ -11,12 +11,14 @@ from MedSegAdaptLib.core.axes import DEFAULT_AXIS
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.inference.embedding_cache import EmbeddingCache
+from MedSegAdaptLib.inference.intensity_cut import cut_to_expected_hu
 from MedSegAdaptLib.inference.preprocess import IntensityPreset, preset_for
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D
 from MedSegAdaptLib.inference.propagation import (
     PropagationOptions,
     PropagationResult,
     VolumePropagator,
+    largest_component,
     options_for_category,
 )
 from MedSegAdaptLib.inference.report_guidance import PriorGuidance
@@ -36,7 +38,7 @@ __all__ = ["SegmentationOutcome", "Segmenter"]
 
 @dataclass
 class SegmentationOutcome:
-    """mask: (I, J, K) bool in the volume's geometry, plus how it was obtained."""
+    """mask: (I, J, K) bool in the volume's geometry (after the intensity cut), plus how it was obtained."""
 
     mask: np.ndarray
     modality: str
@@ -104,7 +106,7 @@ class Segmenter:
     def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,
                 points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
                 progress: ProgressCallback | None = None, report: str | None = None, *, axis: int = DEFAULT_AXIS,
-                options: PropagationOptions | None = None) -> SegmentationOutcome:
+                options: PropagationOptions | None = None, intensity_cut: bool = True) -> SegmentationOutcome:
         """Segment `structure` in `volume` from a 3D box and/or points (IJK), or without a prompt
         when the backbone was fine-tuned prompt-free on that structure.
 
@@ -114,7 +116,9 @@ class Segmenter:
         backbone that has MedSeg-R priors its location, texture and shape texts steer the decoder
         (without a report, the knowledge base's description of the structure does). axis: the slicing
         axis (0, 1, 2 for I, J, K); options: how propagation prompts and stops (None: the preset of the
-        structure's knowledge-base category, see options_for_category: lesions keep one component).
+        structure's knowledge-base category, see options_for_category: lesions keep one component);
+        intensity_cut: on CT, cut the voxels far outside the structure's expected Hounsfield range
+        (inference.intensity_cut; not for bone). The outcome's propagation keeps the uncut mask.
         """
         started = time.perf_counter()
         if modality == "auto":
@@ -146,5 +150,11 @@ class Segmenter:
             propagation = propagator.run_without_prompt(progress)
         else:
             propagation = propagator.run(box, points, progress)
-        return SegmentationOutcome(propagation.mask, modality, reason, preset, propagation,
+        mask = propagation.mask
+        known = KnowledgeBase.load().find_in_text(structure)
+        if intensity_cut and modality == "ct" and known is not None and known.category != "bone":
+            mask = cut_to_expected_hu(mask, volume.array, known.hu_ranges())
+            if options.largest_component:
+                mask = largest_component(mask)
+        return SegmentationOutcome(mask, modality, reason, preset, propagation,
                                    time.perf_counter() - started, encoder.encoded_count - encoded_before, parsed, options)
