@@ -59,16 +59,16 @@ class PropagationOptions:
     pixels counts as vanished; min_iou: predicted IoU under which propagation stops;
     max_intensity_shift: propagation stops when the median intensity inside a slice's mask moves
     further from the start slice's median than this fraction of the clipped intensity range (the
-    mask has left the structure, e.g. from lung into liver at the lung base; on CTChest4 this lifts
-    right/left lung Dice from 0.78/0.74 to 0.88/0.81 and costs the heterogeneous 'tissue' segment
-    0.43 -> 0.19; 1.0 switches the rule off); largest_component: keep only the largest 3D
+    mask has left the structure, e.g. from lung into liver at the lung base; with the classic lung
+    window and no intensity cut it lifted CTChest4's right/left lung from 0.78/0.74 to 0.88/0.81 and cost
+    the heterogeneous 'tissue' segment 0.43 -> 0.19; 1.0 switches the rule off); largest_component: keep only the largest 3D
     connected component; flood_tolerance: for box-only backbones, the intensity tolerance (fraction
     of the clipped range) of the region grown from foreground points into a start box;
     min_contrast: propagation stops when the contrast of a slice's mask with the ring around it
     (median inside minus median in a 3-pixel ring) falls under this fraction of the start slice's
     contrast or flips sign (the decoder has filled a box beyond the end of a lesion; 0 switches the
-    rule off). `for_category` gives the preset of a knowledge-base category (docs/segmentation.md
-    has each rule's effect per real case)."""
+    rule off). `options_for_category` gives the preset of a knowledge-base category
+    (docs/segmentation.md has each rule's effect per real target)."""
 
     margin: int = 3
     min_area: int = MIN_MASK_AREA
