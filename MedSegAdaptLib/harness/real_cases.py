@@ -23,7 +23,11 @@ from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import dice, hd95_mm
 from MedSegAdaptLib.inference.preprocess import preset_for
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
-from MedSegAdaptLib.inference.propagation import PropagationOptions, VolumePropagator
+from MedSegAdaptLib.inference.propagation import (
+    PropagationOptions,
+    VolumePropagator,
+    prompt_rect,
+)
 from MedSegAdaptLib.inference.segmenter import Segmenter
 from MedSegAdaptLib.io.volume import Volume
 
@@ -111,10 +115,9 @@ def _slice_boxes_mask(segmenter: Segmenter, target: RealTarget, axis: int) -> np
     x_axis, y_axis = in_plane_axes(axis)
     bounds = np.array([0, 0, target.reference.shape[x_axis] - 1, target.reference.shape[y_axis] - 1], np.float32)
     for index in np.flatnonzero(target.reference.any(axis=tuple(a for a in range(3) if a != axis))):
-        rect = mask_rect(take_slices(target.reference, axis, [int(index)])[0])
-        rect = np.clip(rect + np.array([-1, -1, 1, 1]) * REFERENCE_BOX_MARGIN, bounds[[0, 1, 0, 1]], bounds[[2, 3, 2, 3]])
+        rect = prompt_rect(mask_rect(take_slices(target.reference, axis, [int(index)])[0]), REFERENCE_BOX_MARGIN, bounds)
         encoder.ensure([int(index)])
-        predicted, _ = propagator.predict_slice(int(index), rect.astype(np.float32))
+        predicted, _ = propagator.predict_slice(int(index), rect)
         put_slice(mask, axis, int(index), predicted)
     return mask
 
