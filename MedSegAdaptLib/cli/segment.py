@@ -8,7 +8,7 @@ from pathlib import Path
 
 from MedSegAdaptLib.cli.model_options import add_model_options, load_segmenter
 from MedSegAdaptLib.cli.series import add_series_option, print_series_note
-from MedSegAdaptLib.core.axes import AXIS_NAMES, axis_index
+from MedSegAdaptLib.core.axes import AXIS_NAMES, axis_index, occupied_slices
 from MedSegAdaptLib.core.errors import InputError
 
 __all__ = ["add_segment_parser", "run_segment"]
@@ -89,7 +89,7 @@ def run_segment(args: argparse.Namespace) -> int:
     tags = measurement.as_tags() if measurement is not None else {}
     write_segmentation(args.output, Segmentation(volume.geometry, [Segment(name, outcome.mask, tags=tags)]))
     slices = sorted(outcome.propagation.slice_iou)
-    print(f"{name}: {int(outcome.mask.sum())} voxels on {int(outcome.mask.any(axis=tuple(a for a in range(3) if a != axis)).sum())} "
+    print(f"{name}: {int(outcome.mask.sum())} voxels on {len(occupied_slices(outcome.mask, axis))} "
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
     if measurement is not None:
         print(f"lesion: {measurement}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from MedSegAdaptLib.core.errors import InputError
 
-__all__ = ["AXIS_NAMES", "DEFAULT_AXIS", "axis_index", "in_plane_axes", "nearest_slice", "put_slice", "take_slices"]
+__all__ = ["AXIS_NAMES", "DEFAULT_AXIS", "axis_index", "in_plane_axes", "nearest_slice", "occupied_slices", "put_slice", "take_slices"]
 
 AXIS_NAMES = ("i", "j", "k")
 """Axis names in array order."""
@@ -42,6 +42,11 @@ def take_slices(volume: np.ndarray, axis: int, indices: list[int] | np.ndarray) 
 def put_slice(volume: np.ndarray, axis: int, index: int, image: np.ndarray) -> None:
     """Write an (H, W) slice image back into an (I, J, K) volume in place."""
     np.moveaxis(volume, axis, 0)[index] = image.T
+
+
+def occupied_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Indices (ascending) of the slices along `axis` where an (I, J, K) mask has a voxel."""
+    return np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
 
 
 def nearest_slice(index: int, slices: Sequence[int]) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MedSegAdaptLib.core.axes import occupied_slices
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.evaluation import dice, format_table
@@ -66,7 +67,7 @@ def default_segmenter_factory(device: str = "cpu", cache: EmbeddingCache | None 
 
 def uniform_slices(mask: np.ndarray, count: int, axis: int = 2) -> list[int]:
     """`count` slice indices spread evenly inside the structure's extent along `axis` (ends left out)."""
-    present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+    present = occupied_slices(mask, axis)
     positions = np.linspace(present[0], present[-1], count + 2)[1:-1]
     return sorted({int(round(p)) for p in positions})
 

@@ -7,7 +7,7 @@ import numpy as np
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import find_boundaries
 
-from MedSegAdaptLib.core.axes import in_plane_axes, take_slices
+from MedSegAdaptLib.core.axes import in_plane_axes, occupied_slices, take_slices
 from MedSegAdaptLib.io.geometry import Geometry
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 
@@ -60,7 +60,7 @@ def measure_lesion(mask: np.ndarray, geometry: Geometry) -> LesionMeasurement | 
     x_axis, y_axis = in_plane_axes(axis)
     volume_ml = float(mask.sum()) * float(np.prod(geometry.spacing)) / 1000.0
     best, best_slice = 0.0, 0
-    for index in np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))):
+    for index in occupied_slices(mask, axis):
         plane = take_slices(mask, axis, [int(index)])[0]
         length = _longest_chord_mm(plane, geometry.spacing[x_axis], geometry.spacing[y_axis])
         if length > best:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from MedSegAdaptLib.core.axes import DEFAULT_AXIS, in_plane_axes, put_slice, take_slices
+from MedSegAdaptLib.core.axes import (
+    DEFAULT_AXIS,
+    in_plane_axes,
+    nearest_slice,
+    occupied_slices,
+    put_slice,
+    take_slices,
+)
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import dice, hd95_mm
@@ -30,6 +37,7 @@ from MedSegAdaptLib.inference.propagation import (
 )
 from MedSegAdaptLib.inference.segmenter import Segmenter
 from MedSegAdaptLib.io.volume import Volume
+from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 
 __all__ = ["CTCHEST4_STRUCTURES", "PROMPT_KINDS", "RealTarget", "evaluate_target", "real_targets",
            "reference_prompt"]
@@ -52,7 +60,8 @@ class RealTarget:
 
     @property
     def is_lesion(self) -> bool:
-        return not self.name.startswith("CTChest4")
+        """Whether the knowledge base files the structure as a lesion (as the Segmenter's presets do)."""
+        return KnowledgeBase.load().category_of(self.structure) == "lesion"
 
 
 def real_targets(lesions: bool = True, ctchest4: bool = True) -> list[RealTarget]:
@@ -79,9 +88,8 @@ def real_targets(lesions: bool = True, ctchest4: bool = True) -> list[RealTarget
 
 def _middle_slice(reference: np.ndarray, axis: int) -> int:
     """The middle of the reference's slice range along `axis`, moved to the nearest slice holding it."""
-    occupied = np.flatnonzero(reference.any(axis=tuple(a for a in range(3) if a != axis)))
-    middle = (occupied[0] + occupied[-1]) / 2
-    return int(occupied[np.argmin(np.abs(occupied - middle))])
+    occupied = occupied_slices(reference, axis)
+    return int(nearest_slice((occupied[0] + occupied[-1]) / 2, occupied))
 
 
 def reference_prompt(reference: np.ndarray, kind: str, axis: int = DEFAULT_AXIS) -> tuple[Box3D | None, list[Point3D]]:
@@ -114,7 +122,7 @@ def _slice_boxes_mask(segmenter: Segmenter, target: RealTarget, axis: int) -> np
     mask = np.zeros(target.reference.shape, dtype=bool)
     x_axis, y_axis = in_plane_axes(axis)
     bounds = np.array([0, 0, target.reference.shape[x_axis] - 1, target.reference.shape[y_axis] - 1], np.float32)
-    for index in np.flatnonzero(target.reference.any(axis=tuple(a for a in range(3) if a != axis))):
+    for index in occupied_slices(target.reference, axis):
         rect = prompt_rect(mask_rect(take_slices(target.reference, axis, [int(index)])[0]), REFERENCE_BOX_MARGIN, bounds)
         encoder.ensure([int(index)])
         predicted, _ = propagator.predict_slice(int(index), rect)

@@ -135,8 +135,9 @@ class Segmenter:
             self.guidance.check(self.backbone)
             tokens = self.guidance.tokens(parsed)
         preset = preset_for(structure, modality)
+        entry = KnowledgeBase.load().find_in_text(structure)  # the structure's category, expected intensity
         if options is None:
-            options = self.options_for(structure)
+            options = options_for_category(entry.category if entry is not None else None)
         encoder = self.encoder_for(volume, preset, axis)
         encoded_before = encoder.encoded_count
         propagator = VolumePropagator(encoder, options, tokens)
@@ -151,9 +152,8 @@ class Segmenter:
         else:
             propagation = propagator.run(box, points, progress)
         mask = propagation.mask
-        known = KnowledgeBase.load().find_in_text(structure)
-        if intensity_cut and modality == "ct" and known is not None and known.category != "bone":
-            mask = cut_to_expected_hu(mask, volume.array, known.hu_ranges())
+        if intensity_cut and modality == "ct" and entry is not None and entry.category != "bone":
+            mask = cut_to_expected_hu(mask, volume.array, entry.hu_ranges())
             if options.largest_component:
                 mask = largest_component(mask)
         return SegmentationOutcome(mask, modality, reason, preset, propagation,
