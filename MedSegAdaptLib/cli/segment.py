@@ -1,8 +1,13 @@
 """``medsegadapt segment IMAGE -o OUT.seg.nrrd``: one structure of a 3D image from a box, points, a report
-or no prompt."""
+or no prompt.
+
+With a report and neither box nor points, the anatomical localiser finds the candidates the report
+describes (``--list`` prints them, ``--pick N`` segments another than the first).
+"""
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,10 +27,12 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                     "indices), propagating from the middle slice outwards, and write a .seg.nrrd. A report "
                     "or query (--report) names the structure and, with a checkpoint fine-tuned with MedSeg-R "
                     "priors, steers the model with its location, texture and shape. Without box and points, "
-                    "a checkpoint fine-tuned prompt-free on the structure segments every slice.")
+                    "the report alone is enough: the anatomical localiser finds the region it names and ranks "
+                    "the candidates there (--list prints them, --pick N segments the N-th); a checkpoint "
+                    "fine-tuned prompt-free on the structure segments every slice instead.")
     parser.add_argument("image", type=Path, help="NRRD/NHDR, NIfTI, MHA/MHD file or a DICOM series folder")
     add_series_option(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output .seg.nrrd")
+    parser.add_argument("-o", "--output", type=Path, help="output .seg.nrrd (required unless --list)")
     parser.add_argument("--structure",
                         help="segment name; also picks the CT intensity window (lung, bone, soft tissue, brain); "
                              "default: the structure the report names")
@@ -35,6 +42,15 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box-ijk", help="3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices)")
     parser.add_argument("--point-ijk", action="append", default=[],
                         help="point i,j,k[,label] with label 1 foreground (default) or 0 background; repeatable")
+    parser.add_argument("--list", action="store_true",
+                        help="with a report and no box or points: print the ranked candidates and segment none")
+    parser.add_argument("--pick", type=int, default=1,
+                        help="with a report and no box or points: segment the candidate of this rank (default: 1)")
+    parser.add_argument("--method", default="auto", choices=("auto", "backbone", "localiser"),
+                        help="with a report and no box or points: segment the candidate with the backbone from its "
+                             "box, or keep the localiser's own mask; auto: the localiser's for whole structures "
+                             "(lungs, spine), the backbone for lesions (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result (and the candidates) as JSON")
     parser.add_argument("--modality", default="auto", choices=("auto", "ct", "mr"),
                         help="auto decides from the Modality tag or the intensities and says so (default: %(default)s)")
     parser.add_argument("--axis", default="k", choices=AXIS_NAMES, help="slicing axis (default: %(default)s, axial)")
@@ -58,43 +74,118 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     """Handler of `medsegadapt segment`."""
     from MedSegAdaptLib.core.progress import TerminalProgress
-    from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
     from MedSegAdaptLib.inference import Box3D, Point3D
-    from MedSegAdaptLib.io import Segment, Segmentation, read_volume, write_segmentation
+    from MedSegAdaptLib.inference.report_segmentation import (
+        find_candidates,
+        segment_from_report,
+    )
+    from MedSegAdaptLib.io import read_volume
 
-    if not str(args.output).endswith(".seg.nrrd"):
+    if args.output is None and not args.list:
+        raise InputError("give -o OUT.seg.nrrd (or --list to print a report's candidates)")
+    if args.output is not None and not str(args.output).endswith(".seg.nrrd"):
         raise InputError(f"output {args.output} must end with .seg.nrrd")
     box = Box3D.parse(args.box_ijk) if args.box_ijk else None
     points = [Point3D.parse(text) for text in args.point_ijk]
     report = _read_report(args)
     if args.structure is None and report is None:
         raise InputError("give --structure NAME, or a --report / --report-file that names the structure")
+    if args.pick < 1:
+        raise InputError(f"--pick {args.pick}: ranks start at 1")
     volume = read_volume(args.image, args.series, notify=print_series_note)
     axis = axis_index(args.axis)
     segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
     options = segmenter.options_for(args.structure or report)
     if args.largest_component or args.all_components:
         options = replace(options, largest_component=args.largest_component)
+    from_report = (report is not None and box is None and not points
+                   and not segmenter.backbone.prompt_free_structures)
+    if (args.list or args.pick != 1 or args.method != "auto") and not from_report:
+        raise InputError("--list, --pick and --method are for a report's candidates: give --report without a box or "
+                         "points")
+    found = None
     progress = TerminalProgress()
     try:
-        outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report,
-                                    axis=axis, options=options, intensity_cut=not args.no_intensity_cut)
+        if from_report and args.list:
+            found = find_candidates(segmenter, volume, report, args.structure, args.modality)
+        elif from_report:
+            found = segment_from_report(segmenter, volume, report, args.structure, args.pick - 1, args.modality,
+                                        progress, args.method, axis=axis, options=options,
+                                        intensity_cut=not args.no_intensity_cut)
+        else:
+            outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report,
+                                        axis=axis, options=options, intensity_cut=not args.no_intensity_cut)
     finally:
         progress.close()
-    print(f"modality: {outcome.modality} ({outcome.modality_reason}); intensity preset: {outcome.preset.key}")
+    if found is not None:
+        if not args.json:
+            _print_candidates(found)
+        if not args.list:
+            return _write_report_result(args, volume, found, axis)
+        if args.json:
+            print(json.dumps(found.to_dict(), indent=2))
+        return 0
     name = args.structure or outcome.report.structure
+    measurement = _write(args.output, volume, name, outcome.mask)
+    slices = sorted(outcome.propagation.slice_iou)
+    if args.json:
+        print(json.dumps(_summary(args.output, name, outcome.mask, axis, outcome.seconds, measurement), indent=2))
+        return 0
+    print(f"modality: {outcome.modality} ({outcome.modality_reason}); intensity preset: {outcome.preset.key}")
     if outcome.report is not None:
         _print_report(outcome.report, segmenter.backbone.priors is not None)
-    measurement = measure_if_lesion(name, outcome.mask, volume.geometry)
-    tags = measurement.as_tags() if measurement is not None else {}
-    write_segmentation(args.output, Segmentation(volume.geometry, [Segment(name, outcome.mask, tags=tags)]))
-    slices = sorted(outcome.propagation.slice_iou)
     print(f"{name}: {int(outcome.mask.sum())} voxels on {len(occupied_slices(outcome.mask, axis))} "
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
     if measurement is not None:
         print(f"lesion: {measurement}")
     print(f"wrote {args.output}")
     return 0
+
+
+def _write(output: Path, volume, name: str, mask):
+    """Write one segment (with its lesion measurement as tags) to `output`; the measurement or None."""
+    from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
+    from MedSegAdaptLib.io import Segment, Segmentation, write_segmentation
+
+    measurement = measure_if_lesion(name, mask, volume.geometry)
+    tags = measurement.as_tags() if measurement is not None else {}
+    write_segmentation(output, Segmentation(volume.geometry, [Segment(name, mask, tags=tags)]))
+    return measurement
+
+
+def _summary(output: Path, name: str, mask, axis: int, seconds: float, measurement) -> dict:
+    return {"structure": name, "output": str(output), "voxels": int(mask.sum()),
+            "slices": len(occupied_slices(mask, axis)), "seconds": round(seconds, 2),
+            "lesion": measurement.as_tags() if measurement is not None else None}
+
+
+def _write_report_result(args: argparse.Namespace, volume, found, axis: int) -> int:
+    """Write and report the segmentation of a report's picked candidate."""
+    name = args.structure or found.report.structure
+    measurement = _write(args.output, volume, name, found.mask)
+    if args.json:
+        print(json.dumps(found.to_dict() | _summary(args.output, name, found.mask, axis, found.seconds, measurement),
+                         indent=2))
+        return 0
+    how = (f"backbone from the box, decoder steered by {found.steered_by}" if found.method == "backbone"
+           else "the localiser's own mask")
+    print(f"{name}: {int(found.mask.sum())} voxels on {len(occupied_slices(found.mask, axis))} slices ({how}), "
+          f"{found.seconds:.1f} s")
+    if measurement is not None:
+        print(f"lesion: {measurement}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _print_candidates(found) -> None:
+    """The ranked candidates, one line each, the segmented one marked."""
+    print(f"candidates for {found.report.structure!r} (ranked by {found.to_dict()['ranked_by']}):")
+    for entry in found.finding.to_dict():
+        mark = "*" if found.picked is not None and entry["rank"] == found.picked + 1 else " "
+        print(f" {mark}{entry['rank']:>2}. score {entry['score']:.3f}  {entry['reason']}  (centre IJK "
+              f"{','.join(map(str, entry['centre_ijk']))})")
+    if found.box is not None:
+        print(f"segmented candidate {found.picked + 1} (box IJK {','.join(map(str, (*found.box.lo, *found.box.hi)))})")
 
 
 def _read_report(args: argparse.Namespace) -> str | None:

@@ -25,7 +25,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 from skimage.measure import label as label_components
 
-from MedSegAdaptLib.inference.propagation import largest_component
+from MedSegAdaptLib.localization.morphology import largest_component
 from MedSegAdaptLib.io import Volume
 from MedSegAdaptLib.knowledge.knowledge_base import Structure
 

@@ -6,6 +6,9 @@ from MedSegAdaptLib.core.lazy_exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "PROMPT_KINDS": "real_cases",
     "RealTarget": "real_cases",
+    "ReportResult": "report_cases",
+    "evaluate_report": "report_cases",
+    "report_phrasings": "report_cases",
     "evaluate_target": "real_cases",
     "real_targets": "real_cases",
     "reference_prompt": "real_cases",

@@ -30,6 +30,7 @@ from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.inference.preprocess import logits_to_slice, slice_scale
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
 from MedSegAdaptLib.inference.slice_encoder import SliceEncoder
+from MedSegAdaptLib.localization.morphology import largest_component
 
 if TYPE_CHECKING:  # the prior modules import torchvision: only a backbone with priors needs them
     from MedSegAdaptLib.priors.modules import AttributeTokens
@@ -44,7 +45,6 @@ __all__ = [
     "VolumePropagator",
     "contrast_lost",
     "intensity_drift",
-    "largest_component",
     "mask_vanished",
     "next_prompt_rect",
     "options_for_category",
@@ -382,11 +382,3 @@ def _components_holding(mask: np.ndarray, seeds_xy: Sequence[tuple[int, int]]) -
     return np.isin(labels, list(kept)) if kept else mask
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of an (I, J, K) bool mask."""
-    labels = label_components(mask, connectivity=3)
-    if labels.max() == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == sizes.argmax()

@@ -18,7 +18,6 @@ from MedSegAdaptLib.inference.propagation import (
     PropagationOptions,
     PropagationResult,
     VolumePropagator,
-    largest_component,
     options_for_category,
 )
 from MedSegAdaptLib.inference.report_guidance import PriorGuidance
@@ -31,6 +30,7 @@ from MedSegAdaptLib.io.modality import detect_modality
 from MedSegAdaptLib.io.volume import Volume
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.knowledge.report_parser import ParsedReport
+from MedSegAdaptLib.localization.morphology import largest_component
 from MedSegAdaptLib.models.backbone import SamBackbone
 
 __all__ = ["SegmentationOutcome", "Segmenter"]

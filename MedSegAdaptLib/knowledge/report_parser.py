@@ -43,8 +43,8 @@ class ParsedReport:
     """A report reduced to a structure and its location, texture and shape texts.
 
     sources: attribute -> 'report', 'knowledge base' or 'report + knowledge base'.
-    findings: what the rules extracted (size_mm, dimensions_mm, laterality, lobe, segment, region,
-    relations, density, signal, hu, margin, shape); only keys that were found.
+    findings: what the rules extracted (size_mm, dimensions_mm, size_class, laterality, lobe, segment,
+    region, relations, density, signal, hu, margin, shape); only keys that were found.
     """
 
     structure: str
@@ -312,12 +312,15 @@ _MARGIN = _words((
     "well-circumscribed", "circumscribed", "well-defined", "ill-defined", "poorly defined", "microlobulated",
     "lobulated", "spiculated", "irregular", "smooth", "infiltrative",
 ))
+_SIZE_CLASS = re.compile(r"\b(nodul(?:e|es|ar)|mass(?:es)?)\b", re.IGNORECASE)
+"""'nodule' (up to 3 cm) or 'mass' (over 3 cm), the Fleischner Society glossary's size classes."""
 _SHAPE = _words(("rounded", "round", "oval", "ovoid", "elongated", "wedge-shaped", "tubular", "polypoid",
                  "triangular", "bean-shaped"))
 
 
 def _shape_findings(text: str) -> dict[str, Any]:
-    """The first size (in mm; size_mm is its largest dimension), margin words and shape words."""
+    """The first size (in mm; size_mm is its largest dimension), the size class ('nodule' or 'mass', the
+    first named), margin words and shape words."""
     findings: dict[str, Any] = {}
     size = _SIZE.search(text)
     if size:
@@ -326,6 +329,9 @@ def _shape_findings(text: str) -> dict[str, Any]:
         mm = tuple(round(float(n) * (10.0 if u.lower() == "cm" else 1.0), 2) for n, u in dims)
         findings["dimensions_mm"] = mm
         findings["size_mm"] = max(mm)
+    size_class = _SIZE_CLASS.search(text)
+    if size_class:
+        findings["size_class"] = "nodule" if size_class.group(1).lower().startswith("nodul") else "mass"
     margin = _find_words(_MARGIN, text)
     if margin:
         findings["margin"] = margin

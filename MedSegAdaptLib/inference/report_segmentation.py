@@ -1,0 +1,110 @@
+"""Report-driven segmentation: a typed query or pasted report to a 3D segmentation, no box needed.
+
+The report is parsed (knowledge.report_parser), the localiser finds the region it names and the ranked
+candidates in it (localization.locate), and the picked candidate is segmented:
+
+- a lesion (a blob inside a region): by the backbone from the candidate's box (its extent plus
+  REFERENCE_BOX_MARGIN voxels); with a MedSeg-R checkpoint the report's texts also steer the decoder;
+- a whole structure the localiser outlines itself (lungs, spine segments): by default its own mask,
+  which scored higher than the backbone from the same box on every such CTChest4 structure
+  (docs/segmentation.md); `method='backbone'` runs the backbone from its box instead.
+
+The ranking always comes from the knowledge base's expectations and the report's size, side and lobe.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
+from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.core.progress import ProgressCallback
+from MedSegAdaptLib.inference.prompts import Box3D
+from MedSegAdaptLib.inference.segmenter import SegmentationOutcome, Segmenter
+from MedSegAdaptLib.io.modality import detect_modality
+from MedSegAdaptLib.io.volume import Volume
+from MedSegAdaptLib.knowledge.report_parser import ParsedReport
+from MedSegAdaptLib.localization.localizer import Finding, locate
+
+__all__ = ["METHODS", "ReportSegmentation", "candidate_box", "candidate_overlaps", "find_candidates",
+           "segment_from_report"]
+
+RANKED_BY = "knowledge base and report (size, side, lobe, intensity)"
+METHODS = ("auto", "backbone", "localiser")
+"""How the picked candidate is segmented: auto (localiser for whole structures, backbone for lesions)."""
+
+
+@dataclass
+class ReportSegmentation:
+    """The report's finding (regions, ranked candidates) and, once segmented: picked (0-based rank), box,
+    mask ((I, J, K) bool on the volume's grid), method ('backbone' or 'localiser'), the backbone's
+    outcome when it ran, seconds, and steered_by (what steered the decoder)."""
+
+    report: ParsedReport
+    modality: str
+    finding: Finding
+    steered_by: str
+    picked: int | None = None
+    box: Box3D | None = None
+    mask: np.ndarray | None = None
+    method: str | None = None
+    outcome: SegmentationOutcome | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: the report, the candidates, which was segmented and how."""
+        return {"report": self.report.to_dict(), "modality": self.modality, "ranked_by": RANKED_BY,
+                "steered_by": self.steered_by if self.method != "localiser" else "not used (localiser mask)",
+                "candidates": self.finding.to_dict(), "picked_rank": None if self.picked is None else self.picked + 1,
+                "method": self.method, "box_ijk": None if self.box is None else [*self.box.lo, *self.box.hi]}
+
+
+def candidate_box(finding: Finding, index: int) -> Box3D:
+    """The IJK box of candidate `index` (0-based) on the volume's grid, grown by REFERENCE_BOX_MARGIN voxels."""
+    candidate, region = finding.candidates[index]
+    return Box3D.around(region.grid.up(candidate.mask), REFERENCE_BOX_MARGIN)
+
+
+def find_candidates(segmenter: Segmenter, volume: Volume, report: str, structure: str | None = None,
+                    modality: str = "auto") -> ReportSegmentation:
+    """Parse `report` and rank the candidates for it in `volume` (no network runs)."""
+    if modality == "auto":
+        modality, _ = detect_modality(volume.array, volume.modality_hint)
+    parsed = segmenter.guidance.parse(report, modality, structure)
+    steered = ("MedSeg-R priors from the report's texts" if segmenter.backbone.priors is not None
+               else "box only (no MedSeg-R priors in this checkpoint)")
+    return ReportSegmentation(parsed, modality, locate(volume, parsed, modality), steered)
+
+
+def segment_from_report(segmenter: Segmenter, volume: Volume, report: str, structure: str | None = None,
+                        pick: int = 0, modality: str = "auto", progress: ProgressCallback | None = None,
+                        method: str = "auto", **segment_options) -> ReportSegmentation:
+    """Find the report's candidates and segment the one at 0-based rank `pick` (see METHODS).
+
+    segment_options: passed to Segmenter.segment (axis, options, intensity_cut).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown segmentation method {method!r}; expected one of {', '.join(METHODS)}")
+    started = time.perf_counter()
+    found = find_candidates(segmenter, volume, report, structure, modality)
+    count = len(found.finding.candidates)
+    if not 0 <= pick < count:
+        raise InputError(f"candidate {pick + 1} does not exist: the report gave {count} candidate(s)")
+    candidate, region = found.finding.candidates[pick]
+    found.picked, found.box = pick, candidate_box(found.finding, pick)
+    found.method = method if method != "auto" else "localiser" if candidate.whole_region else "backbone"
+    if found.method == "localiser":
+        found.mask = region.grid.up(candidate.mask)
+    else:
+        found.outcome = segmenter.segment(volume, found.report.structure, found.box, (), found.modality, progress,
+                                          report, **segment_options)
+        found.mask = found.outcome.mask
+    found.seconds = time.perf_counter() - started
+    return found
+
+
+def candidate_overlaps(found: ReportSegmentation, reference: np.ndarray) -> list[bool]:
+    """Whether each candidate (on the volume's grid) overlaps an (I, J, K) reference mask."""
+    return [bool((region.grid.up(c.mask) & reference).any()) for c, region in found.finding.candidates]
