@@ -60,12 +60,14 @@ def report_phrasings(target: RealTarget) -> tuple[str, ...]:
     return next(c.reports for c in clinical_cases() if c.name == target.name)
 
 
-def evaluate_report(segmenter: Segmenter, target: RealTarget, report: str, segment: bool = True) -> ReportResult:
-    """Localise, rank and (segment=True) segment the top candidate of one phrasing on one target."""
+def evaluate_report(segmenter: Segmenter, target: RealTarget, report: str, segment: bool = True,
+                    method: str = "auto") -> ReportResult:
+    """Localise, rank and (segment=True) segment the top candidate of one phrasing on one target
+    (method: see report_segmentation.METHODS)."""
     started = time.perf_counter()
     try:
         if segment:
-            found = segment_from_report(segmenter, target.volume, report, modality=target.modality)
+            found = segment_from_report(segmenter, target.volume, report, modality=target.modality, method=method)
         else:
             found = find_candidates(segmenter, target.volume, report, modality=target.modality)
     except InputError as refusal:

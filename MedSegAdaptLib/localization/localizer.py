@@ -87,9 +87,22 @@ def locate(volume: Volume, parsed: ParsedReport, modality: str) -> Finding:
         raise LocalizationError(
             f"finding {parsed.structure!r} from a report alone is not available on {modality.upper()} (it is for: "
             f"{known}); draw a box or click a point for it")
-    if modality == "ct":
-        return _locate_ct(ChestCT(volume), query)
-    return _locate_mr(HeadMR(volume), query)
+    anatomy = _anatomy(volume, modality)
+    return _locate_ct(anatomy, query) if modality == "ct" else _locate_mr(anatomy, query)
+
+
+_last_anatomy: list[tuple[str, ChestCT | HeadMR]] = []
+
+
+def _anatomy(volume: Volume, modality: str) -> ChestCT | HeadMR:
+    """The anatomy of `volume`, reused while the same voxels are asked about again (another phrasing, a
+    second Find in the panel): one volume is kept."""
+    key = f"{modality}:{volume.voxel_checksum()}:{volume.geometry!r}"  # the sides depend on the geometry
+    if _last_anatomy and _last_anatomy[0][0] == key:
+        return _last_anatomy[0][1]
+    anatomy = ChestCT(volume) if modality == "ct" else HeadMR(volume)
+    _last_anatomy[:] = [(key, anatomy)]
+    return anatomy
 
 
 def _sides(query: LesionQuery) -> tuple[str, ...]:

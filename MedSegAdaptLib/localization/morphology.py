@@ -18,18 +18,35 @@ def _sampling(spacing: tuple[float, float, float], in_plane: bool) -> tuple[floa
     return (spacing[0], spacing[1], _FAR) if in_plane else tuple(spacing)
 
 
+def _window(mask: np.ndarray, reach: tuple[int, int, int]) -> tuple[slice, ...] | None:
+    """The mask's bounding box grown by `reach` voxels per axis (clipped), or None for an empty mask."""
+    found = np.argwhere(mask)
+    if found.size == 0:
+        return None
+    low = np.maximum(found.min(0) - reach, 0)
+    high = np.minimum(found.max(0) + np.asarray(reach) + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float], in_plane: bool = True) -> np.ndarray:
-    """(I, J, K) bool: voxels within `radius_mm` of the mask."""
-    if not mask.any():
-        return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=_sampling(spacing, in_plane)) <= radius_mm
+    """(I, J, K) bool: voxels within `radius_mm` of the mask (distances computed on its grown bounding box only)."""
+    reach = tuple(0 if in_plane and axis == 2 else int(np.ceil(radius_mm / s)) + 1 for axis, s in enumerate(spacing))
+    window = _window(mask, reach)
+    out = np.zeros_like(mask, dtype=bool)
+    if window is not None:
+        out[window] = ndi.distance_transform_edt(~mask[window], sampling=_sampling(spacing, in_plane)) <= radius_mm
+    return out
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float], in_plane: bool = True) -> np.ndarray:
     """(I, J, K) bool: mask voxels farther than `radius_mm` from outside the mask (the volume's border is outside)."""
-    padded = np.pad(mask, 1)
-    inside = ndi.distance_transform_edt(padded, sampling=_sampling(spacing, in_plane)) > radius_mm
-    return inside[1:-1, 1:-1, 1:-1]
+    window = _window(mask, (0, 0, 0))
+    out = np.zeros_like(mask, dtype=bool)
+    if window is not None:
+        padded = np.pad(mask[window], 1)
+        inside = ndi.distance_transform_edt(padded, sampling=_sampling(spacing, in_plane)) > radius_mm
+        out[window] = inside[1:-1, 1:-1, 1:-1]
+    return out
 
 
 def close_mm(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float, float], in_plane: bool = True) -> np.ndarray:
