@@ -48,7 +48,7 @@ else:  # nothing works without the library; the panel says so and the parameter 
 
 SETTINGS_PREFIX = "MedSegAdapt/"
 #: Kinds of long work whose Cancel acts at once (their results are dropped); the others stop at their next step.
-ABANDONED_ON_CANCEL = ("segment", "suggest")
+ABANDONED_ON_CANCEL = ("segment", "suggest", "find", "candidate")
 
 
 #
@@ -159,6 +159,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._observedMarkups = []
         self._suggestions = (None, [])
+        self._found = None  # the report's candidates shown in the table (MedSegAdaptLogic.ReportFind)
         self._reviewLabels = []
         self.segmentEditorWidget = None
 
@@ -176,6 +177,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setColumns(self.ui.historyTableWidget,
                          ["Structure", "Version", "Kind", "Status", "Annotator", "Time", "Voxels"])
         self._setColumns(self.ui.suggestionsTableWidget, ["Slice", "Score", "DKD", "ASD", "Reason"])
+        self._setColumns(self.ui.candidatesTableWidget, ["Rank", "Score", "Size", "Reason"])
         self._setColumns(self.ui.reviewQueueTableWidget,
                          ["Id", "Case", "Structure", "Version", "Kind", "Submitted by", "Comment"])
         self._addPlaceWidgets()
@@ -196,6 +198,11 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "generate": _JobControls(self.ui.generateSamplesButton, "Generate samples", "Stop generating",
                                      self.ui.generateProgressBar, self.ui.generateStatusLabel,
                                      "Generating samples failed"),
+            "find": _JobControls(self.ui.findCandidatesButton, "Find", "Cancel", self.ui.candidateProgressBar,
+                                 self.ui.candidateStatusLabel, "Finding the report's candidates failed"),
+            "candidate": _JobControls(self.ui.applyCandidateButton, "Apply to candidate", "Cancel",
+                                      self.ui.candidateProgressBar, self.ui.candidateStatusLabel,
+                                      "Segmenting the candidate failed"),
         }
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -204,6 +211,10 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
         self.ui.suggestionsTableWidget.connect("cellClicked(int,int)", self.onSuggestionClicked)
+        self.ui.findCandidatesButton.connect("clicked(bool)", self.onFindCandidates)
+        self.ui.candidatesTableWidget.connect("cellClicked(int,int)", self.onCandidateClicked)
+        self.ui.candidatesTableWidget.connect("itemSelectionChanged()", self._checkCanApply)
+        self.ui.applyCandidateButton.connect("clicked(bool)", self.onApplyCandidate)
         self.ui.submitCorrectionButton.connect("clicked(bool)", self.onSubmitCorrection)
         self.ui.refreshHistoryButton.connect("clicked(bool)", self.onRefreshHistory)
         self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTuneButton)
@@ -341,6 +352,9 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showStopped(kind, "Stopped: the scene was closed.")
         self.onSegmentationChanged(None)
         self._showSuggestions(None, [])
+        self._showCandidates(None)
+        if self.logic is not None:
+            self.logic.forget_finds()  # the next scene reuses the node ids
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -406,7 +420,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             prompt_free=bool(self.ui.checkpointPathLineEdit.currentPath),
             correction_segment=self.ui.correctionSegmentComboBox.currentText,
             environment=self.ui.environmentComboBox.currentText,
-            review_selected=self._selectedReviewLabel() is not None, running=self._processing.kind)
+            review_selected=self._selectedReviewLabel() is not None,
+            candidate_selected=self._selectedCandidate() is not None, running=self._processing.kind)
         if node is not None:
             inputs.volume, inputs.segmentation, inputs.roi, inputs.points = (
                 node.inputVolume, node.segmentation, node.roi, node.points)
@@ -429,6 +444,9 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onReportChanged(self):
         if self._parameterNode:
             self._parameterNode.report = self.ui.reportTextEdit.toPlainText()
+        if self._found is not None and self._found.request.report != self.ui.reportTextEdit.toPlainText().strip():
+            self._showCandidates(None)  # the table is of another report now
+            self.ui.candidateStatusLabel.text = "The report changed: press Find for its candidates."
         self._checkCanApply()
 
     def onStorePathChanged(self, path):
@@ -447,6 +465,13 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInputVolumeChanged(self, node):
         if self.segmentEditorWidget is not None:
             self.segmentEditorWidget.setSourceVolumeNode(node)
+        # The table shows this volume's candidates: those of its last Find when they are of the same report.
+        found = self.logic.last_find(node) if self.logic is not None else None
+        if found is not None and found.request.report != self.ui.reportTextEdit.toPlainText().strip():
+            found = None
+        if found is not self._found:
+            self._showCandidates(found)
+            self.ui.candidateStatusLabel.text = self._candidatesSummary(found) if found is not None else ""
 
     def onSegmentationChanged(self, node):
         events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
@@ -619,7 +644,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if job.state == "done":
                 bar.setValue(bar.maximum)
             finish = {"segment": self._finishSegmentation, "suggest": self._finishSuggestions,
-                      "finetune": self._finishFineTuning, "generate": self._finishGenerating}[kind]
+                      "finetune": self._finishFineTuning, "generate": self._finishGenerating,
+                      "find": self._finishFind, "candidate": self._finishCandidate}[kind]
             finish(job, context)
         self._checkCanApply()
 
@@ -678,6 +704,113 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"({outcome.slices_encoded} slices encoded, {outcome.modality}: {outcome.modality_reason})."
             + (f" Lesion: {self.logic.last_measurement}." if self.logic.last_measurement is not None else "")
         )
+        self.ui.correctionSegmentComboBox.currentText = name
+
+    # --- report-driven segmentation: Find, the candidate table, Apply to candidate --------------------
+
+    def onFindCandidates(self):
+        logic = self._startOrStop("find")
+        if logic is None:
+            return
+        node = self._parameterNode
+        try:
+            # The report names what to find (the structure box is not used); the volume is read here.
+            request = logic.prepare_find(node.inputVolume, self.ui.reportTextEdit.toPlainText())
+        except Exception as error:
+            self._showError("Cannot find the report's candidates", error, self.ui.candidateStatusLabel)
+            return
+        self._showCandidates(None)
+        self.ui.candidateStatusLabel.text = f"Finding what the report describes in {node.inputVolume.GetName()}..."
+        self._startJob("find", lambda progress: logic.run_find(request, progress), "finding the report's candidates",
+                       node.inputVolume)
+
+    def _finishFind(self, job, volumeNode):
+        if job.state == "cancelled":
+            self.ui.candidateStatusLabel.text = "Find cancelled."
+            return
+        found = job.result
+        self._showCandidates(found)
+        self.ui.candidateStatusLabel.text = self._candidatesSummary(found)
+        if found.candidates:
+            self.ui.candidatesTableWidget.selectRow(0)
+            self.onCandidateClicked(0, 0)
+
+    def _candidatesSummary(self, found):
+        """What the report was understood to say and how many candidates it gave (the status's first line)."""
+        count = len(found.candidates)
+        return (f"Understood: {self.logic.understood_text(found)}. {count} candidate{'s' if count != 1 else ''} "
+                f"in {found.seconds:.1f} s, best first by the {found.understood['ranked_by']}; click one to show it.")
+
+    def _showCandidates(self, found):
+        self._found = found
+        rows = self.logic.candidate_rows(found) if self.logic is not None and found is not None else []
+        self._fillTable(self.ui.candidatesTableWidget, rows)
+        self._checkCanApply()
+
+    def _selectedCandidate(self):
+        """The selected row's candidate dict (its 'rank' is 1-based), or None."""
+        table = self.ui.candidatesTableWidget
+        row = table.currentRow()
+        found = self._found
+        return (found.candidates[row] if found is not None and table.selectedItems()
+                and 0 <= row < len(found.candidates) else None)
+
+    def onCandidateClicked(self, row, column):
+        found = self._found
+        if found is None or not 0 <= row < len(found.candidates):
+            return
+        candidate = found.candidates[row]
+        volumeNode = found.request.volume_node
+        try:
+            slicer.util.setSliceViewerLayers(background=volumeNode)
+            position = self.logic.jump_to_candidate(volumeNode, candidate)
+        except Exception as error:
+            self._showError("Cannot show the candidate", error, self.ui.candidateStatusLabel)
+            return
+        self.ui.candidateStatusLabel.text = (
+            self._candidatesSummary(found) + "\n" + self.logic.candidate_text(candidate)
+            + f". Centre R {position[0]:.1f}, A {position[1]:.1f}, S {position[2]:.1f} mm (voxel "
+            + ", ".join(str(v) for v in candidate["centre_ijk"]) + "). Apply to candidate keeps it as a new segment.")
+
+    def onApplyCandidate(self):
+        logic = self._startOrStop("candidate")
+        if logic is None:
+            return
+        node, found, candidate = self._parameterNode, self._found, self._selectedCandidate()
+        if found is None or candidate is None:
+            self.ui.candidateStatusLabel.text = "Find the report's candidates and select one first."
+            return
+        if found.request.volume_node is not node.inputVolume:
+            self.ui.candidateStatusLabel.text = "These candidates are of another volume: press Find again."
+            return
+        rank = candidate["rank"]
+        how = "the localiser's outline" if found.is_whole_structure(rank) else "the model, from its box"
+        self.ui.candidateStatusLabel.text = f"Segmenting candidate {rank} ({found.structure}) with {how}..."
+        self._startJob("candidate", lambda progress: logic.run_candidate(found, rank, progress),
+                       f"segmenting candidate {rank}", (found, node.inputVolume, node.segmentation))
+
+    def _finishCandidate(self, job, context):
+        found, volumeNode, segmentationNode = context
+        if job.state == "cancelled":
+            self.ui.candidateStatusLabel.text = "Segmenting the candidate cancelled; nothing was changed."
+            return
+        result = job.result
+        try:
+            with slicer.util.NodeModify(segmentationNode):
+                segmentId = self.logic.apply_candidate(result, found, volumeNode, segmentationNode,
+                                                       save_undo_state=lambda: self._saveUndoState(segmentationNode))
+            segmentationNode.CreateDefaultDisplayNodes()
+        except Exception as error:
+            self._showError("Could not write the segment", error, self.ui.candidateStatusLabel)
+            return
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        candidate = found.candidate(result.picked + 1)
+        method = ("the localiser's outline (no network)" if result.method == "localiser"
+                  else f"the model from the candidate's box (steering: {result.steered_by})")
+        self.ui.candidateStatusLabel.text = (
+            f"{name}: {self.logic.candidate_text(candidate)}. Segmented by {method}: {int(result.mask.sum())} voxels "
+            f"in {result.seconds:.1f} s."
+            + (f" Lesion: {self.logic.last_measurement}." if self.logic.last_measurement is not None else ""))
         self.ui.correctionSegmentComboBox.currentText = name
 
     # --- suggestions --------------------------------------------------------------------------------
@@ -942,7 +1075,8 @@ class _JobControls(NamedTuple):
 
 class MedSegAdaptTest(ScriptedLoadableModuleTest):
     """Drives the panel on CTChest4: segment the right lung from an ROI (Dice), Apply again (a new segment,
-    the first kept), undo, suggest slices and show one, submit a correction, read it back.
+    the first kept), undo, suggest slices and show one, find the left lung from a report and apply its
+    candidate, submit a correction, read it back.
 
     Installs nothing: with dependencies missing it is skipped, saying which.
     """
@@ -1019,6 +1153,20 @@ class MedSegAdaptTest(ScriptedLoadableModuleTest):
         normal = [red.GetSliceToRAS().GetElement(r, 2) for r in range(3)]
         offset = sum(n * (p - red.GetSliceToRAS().GetElement(r, 3)) for r, (n, p) in enumerate(zip(normal, position)))
         self.assertAlmostEqual(offset, 0.0, places=3)  # the axial view is on the suggested slice
+
+        widget.ui.reportTextEdit.setPlainText("left lung")  # from the report, no ROI: Find, show, Apply
+        self.assertTrue(widget.ui.findCandidatesButton.enabled)
+        widget.ui.findCandidatesButton.click()
+        self._waitForJob(widget)
+        self.assertEqual(widget.ui.candidatesTableWidget.rowCount, 1)
+        self.assertTrue(widget.ui.applyCandidateButton.enabled, "the best candidate is selected")
+        centre = logic.candidate_centre_ras(volumeNode, widget._found.candidates[0])
+        origin = [red.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+        for got, expected in zip(origin, centre):
+            self.assertAlmostEqual(got, expected, places=3)  # the views are centred on the candidate
+        widget.ui.applyCandidateButton.click()
+        self._waitForJob(widget)
+        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(2)], ["right lung", "left lung"])
 
         with tempfile.TemporaryDirectory() as folder:
             widget.ui.storePathLineEdit.currentPath = os.path.join(folder, "store")

@@ -7,6 +7,7 @@
 - :mod:`.worker`: the persistent worker thread, its jobs and the module's processing state.
 - :mod:`.scene`: MRML <-> MedSegAdaptLib conversions (needs MedSegAdaptLib's dependencies).
 - :mod:`.logic`: ``MedSegAdaptLogic``, the one Logic class (needs MedSegAdaptLib's dependencies).
+- :mod:`.report`: the data of a report's Find (its ranked candidates) and the texts the panel shows.
 
 Nothing is imported here, so ``library``, ``dependencies`` and ``worker`` load before the
 dependencies are installed. This folder is a package, not a module file: Slicer's scripted-module

@@ -5,13 +5,19 @@ No Qt and no ``slicer.ScriptedLoadableModule`` (tests run it on a real ``slicer-
 work (:meth:`~MedSegAdaptLogic.prepare`, :meth:`~MedSegAdaptLogic.apply`,
 :meth:`~MedSegAdaptLogic.prepare_suggestion`, :meth:`~MedSegAdaptLogic.preview_label`) runs on the
 main thread; model work (:meth:`~MedSegAdaptLogic.run_model`, :meth:`~MedSegAdaptLogic.run_suggestion`,
-:meth:`~MedSegAdaptLogic.fine_tune`) may run on the worker thread.
+:meth:`~MedSegAdaptLogic.fine_tune`, :meth:`~MedSegAdaptLogic.run_find`,
+:meth:`~MedSegAdaptLogic.run_candidate`) may run on the worker thread.
 
 In Slicer::
 
     from MedSegAdaptLogic.logic import MedSegAdaptLogic
     logic = MedSegAdaptLogic()
     segment_id = logic.segment(getNode("CTChest"), getNode("Segmentation"), "right lung", roi_node=getNode("R"))
+    found = logic.find_candidates(getNode("CTChest"), "Right upper lobe: 14 mm solid pulmonary nodule.")
+    for candidate in found.candidates:
+        print(candidate["rank"], candidate["score"], candidate["reason"])
+    logic.jump_to_candidate(getNode("CTChest"), found.candidates[0])
+    segment_id = logic.segment_candidate(getNode("CTChest"), getNode("Segmentation"), 1)  # 'lung nodule 1'
     for s in logic.suggest(getNode("CTChest"), "right lung", 3, roi_node=getNode("R")):
         print(s.axis, s.index, round(s.score, 2), s.reason)
     result = logic.fine_tune("/data/store", "/data/finetuned.pt", logic.fine_tune_options(epochs=5))
@@ -19,6 +25,7 @@ In Slicer::
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -26,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from MedSegAdaptLib.core.axes import AXIS_NAMES
@@ -35,16 +43,26 @@ from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D
 from MedSegAdaptLib.io import Volume
 
+from .report import (
+    ReportFind,
+    ReportRequest,
+    candidate_rows,
+    candidate_text,
+    understood_text,
+)
 from .scene import (
     axis_number,
     box_from_roi,
     fiducials_from_points,
     find_segment_id,
     geometry_from_volume_node,
+    ijk_to_ras_point,
     is_unedited_model_output,
+    jump_slices_to,
     label_arrays_from_node,
     mark_model_output,
     node_in_scene,
+    numbered_segment_name,
     points_from_node,
     prompts_from_nodes,
     require_segment_id,
@@ -54,6 +72,7 @@ from .scene import (
     set_segment_mask,
     show_slice,
     slice_position_ras,
+    tag_text,
     training_history_chart,
     training_history_table,
     unique_segment_name,
@@ -62,7 +81,12 @@ from .scene import (
 )
 from .state import parameter_node
 
-__all__ = ["MedSegAdaptLogic", "SegmentationRequest", "SuggestionRequest"]
+__all__ = ["CANDIDATE_TAGS", "MedSegAdaptLogic", "ReportFind", "ReportRequest", "SegmentationRequest",
+           "SuggestionRequest"]
+
+#: Segment tags of a segment made from a report's candidate (Slicer saves them with the segmentation).
+CANDIDATE_TAGS = ("MedSegAdapt.Report", "MedSegAdapt.CandidateRank", "MedSegAdapt.CandidateScore",
+                  "MedSegAdapt.CandidateReason", "MedSegAdapt.Method")
 
 logger = logging.getLogger("MedSegAdapt")
 
@@ -132,14 +156,26 @@ class SuggestionRequest:
     purpose: str = "training"
 
 
+class _PackagedReportParser:
+    """The packaged LiteMedSAM as ``find_candidates`` sees it, without loading it: its report parser
+    (``guidance``), and a backbone with no MedSeg-R priors (the packaged weights have none)."""
+
+    def __init__(self, guidance) -> None:
+        self.guidance = guidance
+        self.backbone = SimpleNamespace(priors=None)
+
+
 class MedSegAdaptLogic:
     """Slicer-free Logic of the module: conversions, segmentation, suggestions, corrections,
     fine-tuning and review.
 
     The backbone is loaded on first use and kept for later calls; slice embeddings are kept in one
     cache shared by segmentation, suggestions and fine-tuning. Scene work (:meth:`prepare`,
-    :meth:`apply`, :meth:`prepare_suggestion`, :meth:`preview_label`) must run on the main thread;
-    model work (:meth:`run_model`, :meth:`run_suggestion`, :meth:`fine_tune`) may run on a worker thread.
+    :meth:`apply`, :meth:`prepare_suggestion`, :meth:`preview_label`, :meth:`prepare_find`,
+    :meth:`apply_candidate`, :meth:`jump_to_candidate`) must run on the main thread; model work
+    (:meth:`run_model`, :meth:`run_suggestion`, :meth:`fine_tune`, :meth:`run_find`, :meth:`run_candidate`)
+    may run on a worker thread. The last Find of a report in each volume node is kept
+    (:meth:`last_find`), so that segmenting its candidates does not localise again.
     """
 
     def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
@@ -152,6 +188,9 @@ class MedSegAdaptLogic:
         self._lock = threading.Lock()
         self.last_outcome = None
         self._last_measurement = None
+        self._finds: dict[str, ReportFind] = {}  # volume node id -> the last Find of a report in it
+        self._finds_lock = threading.Lock()
+        self._report_parser = None  # the packaged model's report parser (see _finding_segmenter)
 
     @property
     def last_measurement(self):
@@ -172,6 +211,10 @@ class MedSegAdaptLogic:
     points_from_node = staticmethod(points_from_node)
     fiducials_from_points = staticmethod(fiducials_from_points)
     slice_position_ras = staticmethod(slice_position_ras)
+    ijk_to_ras_point = staticmethod(ijk_to_ras_point)
+    candidate_rows = staticmethod(candidate_rows)
+    candidate_text = staticmethod(candidate_text)
+    understood_text = staticmethod(understood_text)
     training_history_table = staticmethod(training_history_table)
     training_history_chart = staticmethod(training_history_chart)
     show_slice = staticmethod(show_slice)
@@ -308,6 +351,192 @@ class MedSegAdaptLogic:
                                report)
         outcome = self.run_model(request, progress)
         return self.apply(outcome, request, volume_node, segmentation_node, replace=replace)
+
+    # report-driven segmentation: find the candidates (main thread, any thread), then segment the ones kept
+    # (any thread, main thread)
+
+    def prepare_find(self, volume_node, report: str, structure: str | None = None,
+                     modality: str = "auto") -> ReportRequest:
+        """Read what finding a report's candidates needs out of the scene. Main thread.
+
+        report: a pasted report or a typed query ('Right upper lobe: 14 mm solid pulmonary nodule.');
+        structure: the structure when the report does not name it (None: the report names it).
+        """
+        if volume_node is None:
+            raise InputError("No input volume selected; expected a scalar volume")
+        report = (report or "").strip()
+        if not report:
+            raise InputError("No report given; paste a report or type a query such as "
+                             "'right upper lobe nodule, 14 mm'")
+        volume = volume_from_node(volume_node)
+        return ReportRequest(volume, volume_node.GetID(), volume_node, report, (structure or "").strip() or None,
+                             modality)
+
+    def _finding_segmenter(self, progress: ProgressCallback | None):
+        """What ``find_candidates`` needs of a segmenter: its report parser and whether its backbone has
+        MedSeg-R priors. Finding runs no network, so with the packaged LiteMedSAM (no checkpoint, no
+        priors) the backbone is not loaded for it: a Find takes under a second even before the first
+        segmentation. A checkpoint is loaded (it may have priors, and a text encoder of its own)."""
+        if self.checkpoint is not None:
+            return self._loaded_segmenter(progress)
+        from MedSegAdaptLib.inference.report_guidance import PriorGuidance
+
+        with self._lock:
+            if self._report_parser is None:
+                self._report_parser = _PackagedReportParser(PriorGuidance())
+            return self._report_parser
+
+    def run_find(self, request: ReportRequest, progress: ProgressCallback | None = None) -> ReportFind:
+        """Parse the report and rank its candidates in the volume (no network runs; a checkpoint is loaded,
+        for whether its MedSeg-R priors steer, if it was not yet); returns the :class:`ReportFind`, also
+        kept as the volume's last Find (see :meth:`last_find`). Any thread.
+
+        InputError (the library's LocalizationError among them) when the report names no known
+        structure, names one that cannot be found from a report alone, or nothing matched; the
+        volume's previous Find is then forgotten, so that no candidate of an older report is
+        segmented by mistake.
+        """
+        from MedSegAdaptLib.inference.report_segmentation import find_candidates
+
+        started = time.perf_counter()
+        with self._finds_lock:
+            self._finds.pop(request.volume_id, None)
+        segmenter = self._finding_segmenter(progress)
+        if progress is not None:
+            progress("locating", 0, 1)
+        result = find_candidates(segmenter, request.volume, request.report, request.structure, request.modality)
+        if progress is not None:
+            progress("locating", 1, 1)
+        found = ReportFind(request, result, result.finding.to_dict(), time.perf_counter() - started)
+        with self._finds_lock:
+            self._finds[request.volume_id] = found
+        return found
+
+    def find_candidates(self, volume_node, report: str, structure: str | None = None, modality: str = "auto",
+                        progress: ProgressCallback | None = None) -> ReportFind:
+        """The report's ranked candidates in the volume (:meth:`prepare_find` then :meth:`run_find`):
+        ``found.candidates`` are dicts (rank, score, reason, region, diameter_mm, volume_ml, centre_ijk,
+        ...), ``found.understood`` what the report was understood to say. Main thread."""
+        return self.run_find(self.prepare_find(volume_node, report, structure, modality), progress)
+
+    def last_find(self, volume_node) -> ReportFind | None:
+        """The last successful Find in this volume node (still in the scene), or None."""
+        if volume_node is None:
+            return None
+        with self._finds_lock:
+            found = self._finds.get(volume_node.GetID())
+        return found if found is not None and found.request.volume_node is volume_node else None
+
+    def forget_finds(self) -> None:
+        """Forget every kept Find (a scene close: node ids are reused by the next scene)."""
+        with self._finds_lock:
+            self._finds.clear()
+
+    def candidate_centre_ras(self, volume_node, candidate: dict | Sequence[float]) -> tuple[float, float, float]:
+        """World RAS position of a candidate's centre (a candidate dict, or its ``centre_ijk``): the volume
+        node's IJKToRAS matrix, parent linear transforms included."""
+        centre = candidate["centre_ijk"] if isinstance(candidate, dict) else candidate
+        return ijk_to_ras_point(volume_node, centre)
+
+    def jump_to_candidate(self, volume_node, candidate: dict | Sequence[float]) -> tuple[float, float, float]:
+        """Centre every slice view of the volume's scene on the candidate's centre; returns that RAS
+        position. Main thread."""
+        if not node_in_scene(volume_node):
+            name = volume_node.GetName() if volume_node is not None else "None"
+            raise InputError(f"The volume {name} is no longer in the scene; expected a volume in the scene")
+        position = self.candidate_centre_ras(volume_node, candidate)
+        jump_slices_to(volume_node.GetScene(), position)
+        return position
+
+    def run_candidate(self, found: ReportFind, rank: int, progress: ProgressCallback | None = None,
+                      method: str = "auto", **segment_options):
+        """Segment candidate ``rank`` (1-based) of a Find without localising again; returns the library's
+        ``ReportSegmentation`` with ``mask`` on the volume's grid, ``method`` and ``seconds``. Any thread.
+
+        method: 'auto' (a whole structure the localiser outlined keeps its mask, no network runs; a
+        lesion is segmented by the backbone from the candidate's box, steered by the report with a
+        MedSeg-R checkpoint), 'localiser' or 'backbone'; as ``segment_from_report``, whose second half
+        this is. segment_options: passed to ``Segmenter.segment`` (axis, options, intensity_cut).
+        """
+        from MedSegAdaptLib.inference.report_segmentation import METHODS, candidate_box
+
+        if method not in METHODS:
+            raise InputError(f"unknown segmentation method {method!r}; expected one of {', '.join(METHODS)}")
+        started = time.perf_counter()
+        found.candidate(rank)
+        pick = rank - 1
+        candidate, region = found.result.finding.candidates[pick]
+        result = dataclasses.replace(found.result, picked=pick, box=candidate_box(found.result.finding, pick))
+        result.method = method if method != "auto" else "localiser" if candidate.whole_region else "backbone"
+        if result.method == "localiser":
+            result.mask = region.grid.up(candidate.mask)
+        else:
+            result.outcome = self._loaded_segmenter(progress).segment(
+                found.volume, result.report.structure, result.box, (), result.modality, progress,
+                found.request.report, **segment_options)
+            result.mask = result.outcome.mask
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def apply_candidate(self, result, found: ReportFind, volume_node, segmentation_node,
+                        save_undo_state: Callable[[], Any] | None = None) -> str:
+        """Write a segmented candidate (:meth:`run_candidate`) into a NEW segment; returns its id. Main thread.
+
+        Never overwrites a segment: a lesion becomes '<structure> N' with the first free N ('lung nodule 1',
+        'lung nodule 2', ...: several candidates kept side by side), a whole structure '<structure>' or
+        '<structure> (2)'. The segment has the structure's colour and terminology, the report, candidate
+        rank, score, reason and method in its tags, and a lesion its volume and longest axial diameter (see
+        :attr:`last_measurement`). ``save_undo_state`` is called just before the segmentation changes.
+        Refused (nothing written) when a node left the scene or the volume's grid changed since the Find.
+        """
+        from MedSegAdaptLib.io import default_color, standard_terminology
+
+        if segmentation_node is None:
+            raise InputError("No output segmentation selected; expected a segmentation node")
+        for node, what in ((volume_node, "input volume"), (segmentation_node, "output segmentation")):
+            if not node_in_scene(node):
+                raise InputError(f"The {what} {node.GetName()} is no longer in the scene; the result was not written")
+        if found.request.volume_node is not volume_node:
+            raise InputError(f"The candidates were found in another volume than {volume_node.GetName()}; "
+                             "press Find again for this volume")
+        geometry = geometry_from_volume_node(volume_node)
+        if not geometry.matches(found.volume.geometry):
+            raise InputError(f"The volume {volume_node.GetName()} changed since its candidates were found "
+                             f"({found.volume.geometry.describe_mismatch(geometry)}); press Find again")
+        if result.mask is None or result.mask.shape != geometry.shape:
+            raise InputError("The candidate's segmentation does not match the volume's grid")
+        structure = found.structure
+        rank = result.picked + 1
+        candidate = found.candidate(rank)
+        name = (unique_segment_name(segmentation_node, structure) if found.is_whole_structure(rank)
+                else numbered_segment_name(segmentation_node, structure))
+        if not result.mask.any():
+            logger.warning("MedSegAdapt: candidate %d of %r segmented to nothing", rank, structure)
+        if save_undo_state is not None:
+            save_undo_state()
+        segment_id = set_segment_mask(segmentation_node, name, result.mask, volume_node, color=default_color(structure),
+                                      terminology=standard_terminology(structure), replace=False)
+        mark_model_output(segmentation_node, segment_id, result.mask)
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        for key, value in zip(CANDIDATE_TAGS, (found.request.report, rank, f"{candidate['score']:.4f}",
+                                               candidate["reason"], result.method)):
+            segment.SetTag(key, tag_text(value))
+        self._last_measurement = measure_if_lesion(structure, result.mask, found.volume.geometry)
+        if self._last_measurement is not None:
+            for key, value in self._last_measurement.as_tags().items():
+                segment.SetTag(key, value)
+        return segment_id
+
+    def segment_candidate(self, volume_node, segmentation_node, rank: int = 1,
+                          progress: ProgressCallback | None = None, method: str = "auto") -> str:
+        """Segment candidate ``rank`` (1-based) of the volume's last Find (:meth:`find_candidates`) into a new
+        segment of ``segmentation_node``; returns the segment id (see :meth:`apply_candidate`). Main thread."""
+        found = self.last_find(volume_node)
+        if found is None:
+            name = volume_node.GetName() if volume_node is not None else "the volume"
+            raise InputError(f"No candidates found yet in {name}; find a report's candidates first")
+        return self.apply_candidate(self.run_candidate(found, rank, progress, method), found, volume_node,
+                                    segmentation_node)
 
     # suggestions in two steps (main thread, any thread)
 

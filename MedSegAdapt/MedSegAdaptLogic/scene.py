@@ -43,12 +43,15 @@ __all__ = [
     "geometry_from_volume_node",
     "HISTORY_COLUMNS",
     "HISTORY_SERIES",
+    "ijk_to_ras_point",
     "is_unedited_model_output",
+    "jump_slices_to",
     "label_arrays_from_node",
     "mark_model_output",
     "mask_digest",
     "MODEL_MASK_TAG",
     "node_in_scene",
+    "numbered_segment_name",
     "points_from_node",
     "prompts_from_nodes",
     "require_segment_id",
@@ -62,6 +65,7 @@ __all__ = [
     "show_slice",
     "slice_position_ras",
     "slice_views",
+    "tag_text",
     "training_history_chart",
     "training_history_table",
     "unique_segment_name",
@@ -412,6 +416,21 @@ def unique_segment_name(segmentation_node, name: str) -> str:
     return candidate
 
 
+def numbered_segment_name(segmentation_node, name: str) -> str:
+    """``name 1``, ``name 2``... the first that no segment of the node has (ignoring case): one finding
+    of a report each ('lung nodule 1', 'lung nodule 2'), kept side by side."""
+    number = 1
+    while find_segment_id(segmentation_node, f"{name} {number}") is not None:
+        number += 1
+    return f"{name} {number}"
+
+
+def tag_text(text: str) -> str:
+    """``text`` as one segment tag value: on one line and without '|', which ends a tag in the .seg.nrrd
+    header (Slicer writes ``key:value|key:value|``; a '|' inside a value cuts it when read back)."""
+    return " ".join(str(text).replace("|", "/").split())
+
+
 def node_in_scene(node, scene=None) -> bool:
     """Whether ``node`` is still in its (or the given) scene: a scene close or a delete removes it."""
     if node is None:
@@ -543,6 +562,25 @@ def slice_position_ras(volume_node, axis: str | int, index: int) -> tuple[float,
     ijk[number] = index
     world = _ijk_to_world(volume_node) @ np.append(ijk, 1.0)
     return float(world[0]), float(world[1]), float(world[2])
+
+
+def ijk_to_ras_point(volume_node, ijk: Sequence[float]) -> tuple[float, float, float]:
+    """World RAS position of voxel ``ijk`` (I, J, K indices, as the library's arrays and ``centre_ijk`` give
+    them) of the volume: its IJKToRAS matrix, parent linear transforms included."""
+    ijk = np.asarray(ijk, dtype=float)
+    if ijk.shape != (3,) or not np.all(np.isfinite(ijk)):
+        raise InputError(f"voxel {list(np.ravel(ijk))} is not an (I, J, K) position; expected three numbers")
+    world = _ijk_to_world(volume_node) @ np.append(ijk, 1.0)
+    return float(world[0]), float(world[1]), float(world[2])
+
+
+def jump_slices_to(scene, ras: Sequence[float]) -> list:
+    """Centre every slice view of ``scene`` on the world RAS point ``ras``; returns the views. What Slicer's
+    ``slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)`` does
+    (``vtkMRMLSliceNode::JumpAllSlices`` in centred mode), without going through ``slicer.modules``."""
+    r, a, s = (float(v) for v in ras)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, r, a, s, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    return slice_views(scene)
 
 
 def slice_views(scene) -> list:

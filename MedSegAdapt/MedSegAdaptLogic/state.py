@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MODULE_NAME",
+    "SEGMENT_JOBS",
     "STORE_JOBS",
     "PanelInputs",
     "has_prompt",
@@ -22,8 +23,10 @@ __all__ = [
 MODULE_NAME = "MedSegAdapt"
 #: Kinds of long work that write into the fine-tuning store while they run.
 STORE_JOBS = ("finetune", "generate")
-#: The kinds of long work, each with a start/stop button.
-JOB_KINDS = ("segment", "suggest", "finetune", "generate")
+#: The kinds of long work, each with a start/stop button ('find': a report's candidates, 'candidate': segmenting one).
+JOB_KINDS = ("segment", "suggest", "finetune", "generate", "find", "candidate")
+#: Kinds of long work that write segments into the segmentation.
+SEGMENT_JOBS = ("segment", "candidate")
 
 
 def parameter_node(scene, defaults: dict[str, str] | None = None):
@@ -79,13 +82,14 @@ class PanelInputs:
     correction_segment: str = ""
     environment: str = ""
     review_selected: bool = False
+    candidate_selected: bool = False  # a row of the report's candidate table is selected
     reviewer: str = ""
     running: str | None = None  # the kind of long work running, if any
 
 
 def ready_actions(inputs: PanelInputs) -> dict[str, tuple[bool, str]]:
-    """{action: (enabled, tooltip)} for the job buttons (segment, suggest, finetune, generate; the
-    running one stays enabled: it stops the work) and for submit, preview, accept and reject."""
+    """{action: (enabled, tooltip)} for the job buttons (segment, suggest, finetune, generate, find, candidate;
+    the running one stays enabled: it stops the work) and for submit, preview, accept and reject."""
     named = bool(inputs.structure.strip() or inputs.report.strip())
     prompted = has_prompt(inputs.roi, inputs.points) or inputs.prompt_free
     store = bool(inputs.store_path.strip())
@@ -102,6 +106,12 @@ def ready_actions(inputs: PanelInputs) -> dict[str, tuple[bool, str]]:
                      "Simulate samples of the environment from the store's corrected cases; self-validated "
                      "ones train, doubtful ones join the review queue.",
                      "Choose the fine-tuning store folder (Corrections)."),
+        "find": (bool(inputs.volume and inputs.report.strip()),
+                 "Find what the report describes in the volume and rank the candidates (no ROI needed).",
+                 "Select a volume and paste a report (or type a query such as 'right upper lobe nodule, 14 mm')."),
+        "candidate": (bool(inputs.volume and inputs.segmentation and inputs.candidate_selected),
+                      "Segment the selected candidate into a new segment (the others are kept).",
+                      "Select a volume and a segmentation, Find the report's candidates and select one."),
     }
     actions = {}
     for kind in JOB_KINDS:
@@ -118,7 +128,7 @@ def ready_actions(inputs: PanelInputs) -> dict[str, tuple[bool, str]]:
                   and inputs.annotator.strip() and inputs.correction_segment)
     if store_busy:
         actions["submit"] = (False, busy_tip)
-    elif inputs.running == "segment":
+    elif inputs.running in SEGMENT_JOBS:
         actions["submit"] = (False, "Wait for the segmentation to finish.")
     else:
         actions["submit"] = (submit, "Store the segment as a new version of the case's label." if submit else

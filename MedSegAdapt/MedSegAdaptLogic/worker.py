@@ -111,7 +111,7 @@ class Worker:
 def progress_text(stage: str, done: int, total: int) -> str:
     """'Encoding slices 12/34' style label for a progress stage of the library."""
     names = {"queued": "Waiting", "loading": "Loading model", "encoding slices": "Encoding slices",
-             "propagating": "Propagating", "writing": "Writing segment"}
+             "propagating": "Propagating", "writing": "Writing segment", "locating": "Locating the report's candidates"}
     if stage.startswith("fine-tuning epoch "):  # the trainer's "fine-tuning epoch 2/10", done/total steps
         epoch = stage.removeprefix("fine-tuning epoch ")
         return f"Epoch {epoch}, step {done}/{total}" if total else f"Epoch {epoch}"
