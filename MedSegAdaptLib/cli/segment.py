@@ -51,6 +51,13 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                              "box, or keep the localiser's own mask; auto: the localiser's for whole structures "
                              "(lungs, spine), the backbone for lesions (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result (and the candidates) as JSON")
+    parser.add_argument("--anchors", type=Path,
+                        help="a .seg.nrrd holding the structure's segment on the annotated slices (--anchor-slices): "
+                             "those slices are kept as drawn and every other slice is re-propagated from them")
+    parser.add_argument("--anchor-slices", help="the annotated slices of --anchors, AXIS:N,N,... e.g. k:13,20,26")
+    parser.add_argument("--repropagation", default="combined", choices=("combined", "anchored", "interpolation"),
+                        help="with --anchors: chains from the anchors (anchored), shape-based interpolation between "
+                             "them, or both united between the anchors (default: %(default)s)")
     parser.add_argument("--modality", default="auto", choices=("auto", "ct", "mr"),
                         help="auto decides from the Modality tag or the intensities and says so (default: %(default)s)")
     parser.add_argument("--axis", default="k", choices=AXIS_NAMES, help="slicing axis (default: %(default)s, axial)")
@@ -103,6 +110,8 @@ def run_segment(args: argparse.Namespace) -> int:
     if (args.list or args.pick != 1 or args.method != "auto") and not from_report:
         raise InputError("--list, --pick and --method are for a report's candidates: give --report without a box or "
                          "points")
+    if args.anchors is not None or args.anchor_slices is not None:
+        return _repropagate(args, volume, segmenter, box, points, axis, options)
     found = None
     progress = TerminalProgress()
     try:
@@ -138,6 +147,44 @@ def run_segment(args: argparse.Namespace) -> int:
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
     if measurement is not None:
         print(f"lesion: {measurement}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _repropagate(args: argparse.Namespace, volume, segmenter, box, points, axis: int, options) -> int:
+    """`--anchors FILE --anchor-slices AXIS:N,...`: the annotated slices kept, the others re-propagated."""
+    from MedSegAdaptLib.core.axes import AXIS_NAMES, take_slices
+    from MedSegAdaptLib.core.progress import TerminalProgress
+    from MedSegAdaptLib.io import read_segmentation
+    from MedSegAdaptLib.store.slices import check_slices, parse_slices
+
+    if args.anchors is None or args.anchor_slices is None or args.structure is None:
+        raise InputError("re-propagation needs --structure NAME, --anchors FILE.seg.nrrd and --anchor-slices AXIS:N,...")
+    if points or args.output is None:
+        raise InputError("re-propagation takes no --point-ijk and needs -o OUT.seg.nrrd")
+    slices = check_slices(parse_slices([args.anchor_slices]), volume.array.shape)
+    if list(slices) != [AXIS_NAMES[axis]]:
+        raise InputError(f"--anchor-slices {args.anchor_slices!r} must be along the slicing axis --axis {AXIS_NAMES[axis]}")
+    drawn = read_segmentation(args.anchors)
+    if not drawn.geometry.matches(volume.geometry):
+        raise InputError(f"{args.anchors} does not lie on the image's voxel grid: "
+                         f"{drawn.geometry.describe_mismatch(volume.geometry)}")
+    mask = drawn.get(args.structure).mask
+    indices = slices[AXIS_NAMES[axis]]
+    anchors = dict(zip(indices, take_slices(mask, axis, indices)))
+    progress = TerminalProgress()
+    try:
+        outcome = segmenter.repropagate(volume, args.structure, anchors, box, args.modality, progress, axis=axis,
+                                        options=options, mode=args.repropagation)
+    finally:
+        progress.close()
+    measurement = _write(args.output, volume, args.structure, outcome.mask)
+    summary = _summary(args.output, args.structure, outcome.mask, axis, outcome.seconds, measurement)
+    if args.json:
+        print(json.dumps(summary | {"anchor_slices": indices, "mode": args.repropagation}, indent=2))
+        return 0
+    print(f"{args.structure}: {summary['voxels']} voxels on {summary['slices']} slices, re-propagated ({args.repropagation}) "
+          f"from the annotated slices {', '.join(map(str, indices))} (kept as drawn), {outcome.seconds:.1f} s")
     print(f"wrote {args.output}")
     return 0
 

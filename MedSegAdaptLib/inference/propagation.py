@@ -296,6 +296,18 @@ class VolumePropagator:
         areas = (rects[confident, 2] - rects[confident, 0]) * (rects[confident, 3] - rects[confident, 1])
         return rects[confident[int(np.argmin(areas))]]
 
+    def stop_rules(self, seed_index: int, seed_mask: np.ndarray) -> list[StopRule]:
+        """The options' stopping rules for chains seeded with the (H, W) `seed_mask` on slice `seed_index`
+        (intensity and contrast are measured against the seed)."""
+        opts, axis, clipped = self.options, self.axis, self.encoder.clipped
+        seed_image = take_slices(clipped, axis, [seed_index])[0]
+        tolerance = opts.max_intensity_shift * float(clipped.max() - clipped.min())
+        rules = [mask_vanished(opts.min_area), predicted_iou_below(opts.min_iou),
+                 intensity_drift(clipped, axis, float(np.median(seed_image[seed_mask])), tolerance)]
+        if opts.min_contrast > 0:
+            rules.append(contrast_lost(clipped, axis, _ring_contrast(seed_image, seed_mask), opts.min_contrast))
+        return rules
+
     def run_without_prompt(self, progress: ProgressCallback | None = None) -> PropagationResult:
         """Prompt-free segmentation (a decoder fine-tuned for it): every slice decoded without a
         prompt, masks under min_area dropped, then the largest 3D connected component kept."""
@@ -346,14 +358,7 @@ class VolumePropagator:
             result.stopped_because["start"] = f"empty mask on the start slice {start}"
             return result
         put_slice(result.mask, axis, start, mask)
-        clipped = self.encoder.clipped
-        start_median = float(np.median(take_slices(clipped, axis, [start])[0][mask]))
-        tolerance = opts.max_intensity_shift * float(clipped.max() - clipped.min())
-        stop_rules = [mask_vanished(opts.min_area), predicted_iou_below(opts.min_iou),
-                      intensity_drift(clipped, axis, start_median, tolerance)]
-        if opts.min_contrast > 0:
-            start_contrast = _ring_contrast(take_slices(clipped, axis, [start])[0], mask)
-            stop_rules.append(contrast_lost(clipped, axis, start_contrast, opts.min_contrast))
+        stop_rules = self.stop_rules(start, mask)
 
         done, total = 1, hi - lo + 1
         for step, name in ((1, "up"), (-1, "down")):

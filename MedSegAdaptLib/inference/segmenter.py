@@ -103,6 +103,42 @@ class Segmenter:
             self._guidance = PriorGuidance.for_backbone(self.backbone, self.text_encoder)
         return self._guidance
 
+    def repropagate(self, volume: Volume, structure: str, anchors: dict[int, np.ndarray], box: Box3D | None = None,
+                    modality: str = "auto", progress: ProgressCallback | None = None, *, axis: int = DEFAULT_AXIS,
+                    options: PropagationOptions | None = None, mode: str = "combined") -> SegmentationOutcome:
+        """Segment `structure` from annotated slices (anchors: slice index along `axis` -> (H, W) bool mask,
+        kept as drawn), optionally within `box`; mode: one of inference.anchored.REPROPAGATION_MODES
+        ('interpolation' runs no network)."""
+        from MedSegAdaptLib.inference.anchored import (
+            REPROPAGATION_MODES,
+            combine_with_interpolation,
+            propagate_from_anchors,
+        )
+        from MedSegAdaptLib.inference.interpolation import interpolate_between_slices
+
+        if mode not in REPROPAGATION_MODES:
+            raise InputError(f"unknown re-propagation mode {mode!r}; expected one of {', '.join(REPROPAGATION_MODES)}")
+
+        started = time.perf_counter()
+        if modality == "auto":
+            modality, reason = detect_modality(volume.array, volume.modality_hint)
+        else:
+            reason = "given by the user"
+        preset = preset_for(structure, modality)
+        options = options or self.options_for(structure)
+        encoder = self.encoder_for(volume, preset, axis)
+        encoded_before = encoder.encoded_count
+        interpolated = interpolate_between_slices(anchors, volume.array.shape, axis)
+        if mode == "interpolation":
+            propagation = PropagationResult(interpolated, min(anchors), stopped_because={"all": "interpolation only"})
+        else:
+            propagation = propagate_from_anchors(VolumePropagator(encoder, options), anchors, box, progress)
+        mask = (combine_with_interpolation(propagation.mask, interpolated, sorted(anchors), axis) if mode == "combined"
+                else propagation.mask)
+        # no largest_component here: every annotated slice is kept as drawn, even a separate part
+        return SegmentationOutcome(mask, modality, reason, preset, propagation, time.perf_counter() - started,
+                                   encoder.encoded_count - encoded_before, None, options)
+
     def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,
                 points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
                 progress: ProgressCallback | None = None, report: str | None = None, *, axis: int = DEFAULT_AXIS,
