@@ -99,7 +99,7 @@ def test_find_lists_the_left_lung_as_one_whole_structure_candidate(logic, volume
 
 def test_with_a_checkpoint_find_asks_the_loaded_model_whether_its_priors_steer(logic, volume_node, monkeypatch):
     tuned = MedSegAdaptLogic(checkpoint="finetuned.pt", device="cpu")
-    loaded = SimpleNamespace(guidance=logic._finding_segmenter(None).guidance, backbone=SimpleNamespace(priors=object()))
+    loaded = SimpleNamespace(guidance=logic._report_guidance(None)[0], backbone=SimpleNamespace(priors=object()))
     stages = []
     monkeypatch.setattr(tuned, "_loaded_segmenter", lambda progress: stages.append("loaded") or loaded)
     found = tuned.find_candidates(volume_node, "left lung")

@@ -25,7 +25,6 @@ In Slicer::
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -33,7 +32,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from MedSegAdaptLib.core.axes import AXIS_NAMES
@@ -156,15 +154,6 @@ class SuggestionRequest:
     purpose: str = "training"
 
 
-class _PackagedReportParser:
-    """The packaged LiteMedSAM as ``find_candidates`` sees it, without loading it: its report parser
-    (``guidance``), and a backbone with no MedSeg-R priors (the packaged weights have none)."""
-
-    def __init__(self, guidance) -> None:
-        self.guidance = guidance
-        self.backbone = SimpleNamespace(priors=None)
-
-
 class MedSegAdaptLogic:
     """Slicer-free Logic of the module: conversions, segmentation, suggestions, corrections,
     fine-tuning and review.
@@ -190,7 +179,7 @@ class MedSegAdaptLogic:
         self._last_measurement = None
         self._finds: dict[str, ReportFind] = {}  # volume node id -> the last Find of a report in it
         self._finds_lock = threading.Lock()
-        self._report_parser = None  # the packaged model's report parser (see _finding_segmenter)
+        self._report_parser = None  # the packaged model's report parser (see _report_guidance)
 
     @property
     def last_measurement(self):
@@ -372,19 +361,20 @@ class MedSegAdaptLogic:
         return ReportRequest(volume, volume_node.GetID(), volume_node, report, (structure or "").strip() or None,
                              modality)
 
-    def _finding_segmenter(self, progress: ProgressCallback | None):
-        """What ``find_candidates`` needs of a segmenter: its report parser and whether its backbone has
-        MedSeg-R priors. Finding runs no network, so with the packaged LiteMedSAM (no checkpoint, no
-        priors) the backbone is not loaded for it: a Find takes under a second even before the first
-        segmentation. A checkpoint is loaded (it may have priors, and a text encoder of its own)."""
+    def _report_guidance(self, progress: ProgressCallback | None):
+        """(report parser, whether the backbone has MedSeg-R priors) for ``find_candidates``. Finding runs
+        no network, so with the packaged LiteMedSAM (no checkpoint, no priors) the backbone is not loaded
+        for it: a Find takes under a second even before the first segmentation. A checkpoint is loaded
+        (it may have priors, and a text encoder of its own)."""
         if self.checkpoint is not None:
-            return self._loaded_segmenter(progress)
+            segmenter = self._loaded_segmenter(progress)
+            return segmenter.guidance, segmenter.backbone.priors is not None
         from MedSegAdaptLib.inference.report_guidance import PriorGuidance
 
         with self._lock:
             if self._report_parser is None:
-                self._report_parser = _PackagedReportParser(PriorGuidance())
-            return self._report_parser
+                self._report_parser = PriorGuidance()
+            return self._report_parser, False
 
     def run_find(self, request: ReportRequest, progress: ProgressCallback | None = None) -> ReportFind:
         """Parse the report and rank its candidates in the volume (no network runs; a checkpoint is loaded,
@@ -401,10 +391,11 @@ class MedSegAdaptLogic:
         started = time.perf_counter()
         with self._finds_lock:
             self._finds.pop(request.volume_id, None)
-        segmenter = self._finding_segmenter(progress)
+        guidance, has_priors = self._report_guidance(progress)
         if progress is not None:
             progress("locating", 0, 1)
-        result = find_candidates(segmenter, request.volume, request.report, request.structure, request.modality)
+        result = find_candidates(guidance, request.volume, request.report, request.structure, request.modality,
+                                 has_priors)
         if progress is not None:
             progress("locating", 1, 1)
         found = ReportFind(request, result, result.finding.to_dict(), time.perf_counter() - started)
@@ -455,28 +446,13 @@ class MedSegAdaptLogic:
 
         method: 'auto' (a whole structure the localiser outlined keeps its mask, no network runs; a
         lesion is segmented by the backbone from the candidate's box, steered by the report with a
-        MedSeg-R checkpoint), 'localiser' or 'backbone'; as ``segment_from_report``, whose second half
-        this is. segment_options: passed to ``Segmenter.segment`` (axis, options, intensity_cut).
+        MedSeg-R checkpoint), 'localiser' or 'backbone' (the library's ``segment_candidate``). segment_options: passed to ``Segmenter.segment`` (axis, options, intensity_cut).
         """
-        from MedSegAdaptLib.inference.report_segmentation import METHODS, candidate_box
+        from MedSegAdaptLib.inference.report_segmentation import segment_candidate
 
-        if method not in METHODS:
-            raise InputError(f"unknown segmentation method {method!r}; expected one of {', '.join(METHODS)}")
-        started = time.perf_counter()
         found.candidate(rank)
-        pick = rank - 1
-        candidate, region = found.result.finding.candidates[pick]
-        result = dataclasses.replace(found.result, picked=pick, box=candidate_box(found.result.finding, pick))
-        result.method = method if method != "auto" else "localiser" if candidate.whole_region else "backbone"
-        if result.method == "localiser":
-            result.mask = region.grid.up(candidate.mask)
-        else:
-            result.outcome = self._loaded_segmenter(progress).segment(
-                found.volume, result.report.structure, result.box, (), result.modality, progress,
-                found.request.report, **segment_options)
-            result.mask = result.outcome.mask
-        result.seconds = time.perf_counter() - started
-        return result
+        return segment_candidate(found.result, rank - 1, found.volume, found.request.report,
+                                 lambda: self._loaded_segmenter(progress), progress, method, **segment_options)
 
     def apply_candidate(self, result, found: ReportFind, volume_node, segmentation_node,
                         save_undo_state: Callable[[], Any] | None = None) -> str:

@@ -116,7 +116,8 @@ def run_segment(args: argparse.Namespace) -> int:
     progress = TerminalProgress()
     try:
         if from_report and args.list:
-            found = find_candidates(segmenter, volume, report, args.structure, args.modality)
+            found = find_candidates(segmenter.guidance, volume, report, args.structure, args.modality,
+                                    segmenter.backbone.priors is not None)
         elif from_report:
             found = segment_from_report(segmenter, volume, report, args.structure, args.pick - 1, args.modality,
                                         progress, args.method, axis=axis, options=options,

@@ -69,7 +69,7 @@ def evaluate_report(segmenter: Segmenter, target: RealTarget, report: str, segme
         if segment:
             found = segment_from_report(segmenter, target.volume, report, modality=target.modality, method=method)
         else:
-            found = find_candidates(segmenter, target.volume, report, modality=target.modality)
+            found = find_candidates(segmenter.guidance, target.volume, report, modality=target.modality)
     except InputError as refusal:
         return ReportResult(target.name, report, 0, None, None, time.perf_counter() - started, f"refused: {refusal}")
     overlaps = candidate_overlaps(found, target.reference)

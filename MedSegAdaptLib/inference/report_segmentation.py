@@ -15,7 +15,8 @@ The ranking always comes from the knowledge base's expectations and the report's
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.inference.prompts import Box3D
+from MedSegAdaptLib.inference.report_guidance import PriorGuidance
 from MedSegAdaptLib.inference.segmenter import SegmentationOutcome, Segmenter
 from MedSegAdaptLib.io.modality import detect_modality
 from MedSegAdaptLib.io.volume import Volume
@@ -30,7 +32,7 @@ from MedSegAdaptLib.knowledge.report_parser import ParsedReport
 from MedSegAdaptLib.localization.localizer import Finding, locate
 
 __all__ = ["METHODS", "ReportSegmentation", "candidate_box", "candidate_overlaps", "find_candidates",
-           "segment_from_report"]
+           "segment_candidate", "segment_from_report"]
 
 RANKED_BY = "knowledge base and report (size, side, lobe, intensity)"
 METHODS = ("auto", "backbone", "localiser")
@@ -68,42 +70,58 @@ def candidate_box(finding: Finding, index: int) -> Box3D:
     return Box3D.around(region.grid.up(candidate.mask), REFERENCE_BOX_MARGIN)
 
 
-def find_candidates(segmenter: Segmenter, volume: Volume, report: str, structure: str | None = None,
-                    modality: str = "auto") -> ReportSegmentation:
-    """Parse `report` and rank the candidates for it in `volume` (no network runs)."""
+def find_candidates(guidance: PriorGuidance, volume: Volume, report: str, structure: str | None = None,
+                    modality: str = "auto", has_priors: bool = False) -> ReportSegmentation:
+    """Parse `report` with `guidance` (a Segmenter's, or PriorGuidance() for the packaged knowledge base) and
+    rank the candidates for it in `volume`; no network runs. has_priors: whether the backbone that will
+    segment has MedSeg-R priors (recorded in steered_by)."""
     if modality == "auto":
         modality, _ = detect_modality(volume.array, volume.modality_hint)
-    parsed = segmenter.guidance.parse(report, modality, structure)
-    steered = ("MedSeg-R priors from the report's texts" if segmenter.backbone.priors is not None
+    parsed = guidance.parse(report, modality, structure)
+    steered = ("MedSeg-R priors from the report's texts" if has_priors
                else "box only (no MedSeg-R priors in this checkpoint)")
     return ReportSegmentation(parsed, modality, locate(volume, parsed, modality), steered)
+
+
+def segment_candidate(found: ReportSegmentation, pick: int, volume: Volume, report: str,
+                      segmenter: Callable[[], Segmenter], progress: ProgressCallback | None = None,
+                      method: str = "auto", **segment_options) -> ReportSegmentation:
+    """A copy of `found` with its candidate at 0-based rank `pick` segmented (see METHODS); `found` itself
+    is not changed, so another candidate can be segmented from the same Find.
+
+    segmenter: called for the Segmenter only when the backbone runs (a whole structure's own mask needs
+    none). segment_options: passed to Segmenter.segment (axis, options, intensity_cut).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown segmentation method {method!r}; expected one of {', '.join(METHODS)}")
+    count = len(found.finding.candidates)
+    if not 0 <= pick < count:
+        raise InputError(f"candidate {pick + 1} does not exist: the report gave {count} candidate(s)")
+    started = time.perf_counter()
+    candidate, region = found.finding.candidates[pick]
+    result = replace(found, picked=pick, box=candidate_box(found.finding, pick))
+    result.method = method if method != "auto" else "localiser" if candidate.whole_region else "backbone"
+    if result.method == "localiser":
+        result.mask = region.grid.up(candidate.mask)
+    else:
+        result.outcome = segmenter().segment(volume, found.report.structure, result.box, (), found.modality, progress,
+                                             report, **segment_options)
+        result.mask = result.outcome.mask
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def segment_from_report(segmenter: Segmenter, volume: Volume, report: str, structure: str | None = None,
                         pick: int = 0, modality: str = "auto", progress: ProgressCallback | None = None,
                         method: str = "auto", **segment_options) -> ReportSegmentation:
-    """Find the report's candidates and segment the one at 0-based rank `pick` (see METHODS).
-
-    segment_options: passed to Segmenter.segment (axis, options, intensity_cut).
-    """
-    if method not in METHODS:
-        raise InputError(f"unknown segmentation method {method!r}; expected one of {', '.join(METHODS)}")
+    """Find the report's candidates and segment the one at 0-based rank `pick` (segment_candidate);
+    seconds include finding."""
     started = time.perf_counter()
-    found = find_candidates(segmenter, volume, report, structure, modality)
-    count = len(found.finding.candidates)
-    if not 0 <= pick < count:
-        raise InputError(f"candidate {pick + 1} does not exist: the report gave {count} candidate(s)")
-    candidate, region = found.finding.candidates[pick]
-    found.picked, found.box = pick, candidate_box(found.finding, pick)
-    found.method = method if method != "auto" else "localiser" if candidate.whole_region else "backbone"
-    if found.method == "localiser":
-        found.mask = region.grid.up(candidate.mask)
-    else:
-        found.outcome = segmenter.segment(volume, found.report.structure, found.box, (), found.modality, progress,
-                                          report, **segment_options)
-        found.mask = found.outcome.mask
-    found.seconds = time.perf_counter() - started
-    return found
+    found = find_candidates(segmenter.guidance, volume, report, structure, modality,
+                            segmenter.backbone.priors is not None)
+    result = segment_candidate(found, pick, volume, report, lambda: segmenter, progress, method, **segment_options)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def candidate_overlaps(found: ReportSegmentation, reference: np.ndarray) -> list[bool]:
