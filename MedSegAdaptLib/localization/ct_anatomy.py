@@ -18,15 +18,13 @@ import functools
 
 import numpy as np
 
-from MedSegAdaptLib.io.volume import Volume
-from MedSegAdaptLib.localization.grid import CoarseGrid
 from MedSegAdaptLib.localization.morphology import (
     close_mm,
     fill_holes_per_slice,
     largest_component,
 )
-from MedSegAdaptLib.localization.patient_axes import patient_coordinate
 from MedSegAdaptLib.localization.regions import Region
+from MedSegAdaptLib.localization.working_volume import WorkingVolume
 
 __all__ = ["BODY_HU", "LUNG_AIR_HU", "LUNG_LEVEL_FRACTION", "ChestCT"]
 
@@ -41,34 +39,14 @@ LUNG_LEVEL_FRACTION = 0.6
 """Thoracic spine levels: slices where both lungs together cover at least this share of their largest cross-section."""
 
 
-class ChestCT:
-    """The anatomy of one CT volume, each part found once on first use (working-grid masks)."""
+class ChestCT(WorkingVolume):
+    """The anatomy of one CT volume, each part found once on first use (working-grid masks); `hu` is the
+    working image in Hounsfield units."""
 
-    def __init__(self, volume: Volume) -> None:
-        self.volume = volume
-        self.grid = CoarseGrid.for_geometry(volume.geometry)
-        self.geometry = self.grid.geometry
-        self.hu = self.grid.down(volume.array)
-        self.spacing = self.geometry.spacing
-
-    def region(self, name: str, mask: np.ndarray, method: str) -> Region:
-        """A Region on this volume's working grid."""
-        return Region(name, mask, method, self.grid)
-
-    @functools.cached_property
-    def x(self) -> np.ndarray:
-        """(I, J, K) LPS x (towards the patient's left) of each working voxel, mm."""
-        return patient_coordinate(self.geometry, "left")
-
-    @functools.cached_property
-    def y(self) -> np.ndarray:
-        """(I, J, K) LPS y (towards posterior), mm."""
-        return patient_coordinate(self.geometry, "posterior")
-
-    @functools.cached_property
-    def z(self) -> np.ndarray:
-        """(I, J, K) LPS z (towards superior), mm."""
-        return patient_coordinate(self.geometry, "superior")
+    @property
+    def hu(self) -> np.ndarray:
+        """(I, J, K) float32 HU on the working grid."""
+        return self.image
 
     @functools.cached_property
     def body(self) -> np.ndarray:

@@ -15,14 +15,14 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from MedSegAdaptLib.io.volume import Volume
-from MedSegAdaptLib.localization.grid import CoarseGrid
 from MedSegAdaptLib.localization.morphology import (
     erode_mm,
     fill_holes_per_slice,
     largest_component,
 )
-from MedSegAdaptLib.localization.patient_axes import PatientAxes, patient_coordinate
+from MedSegAdaptLib.localization.patient_axes import PatientAxes
 from MedSegAdaptLib.localization.regions import Region
+from MedSegAdaptLib.localization.working_volume import WorkingVolume
 
 __all__ = ["SCALP_MM", "HeadMR"]
 
@@ -32,25 +32,12 @@ MIN_SIDE_SHARE = 0.3
 """The midline is accepted when the smaller side holds at least this share of the head."""
 
 
-class HeadMR:
+class HeadMR(WorkingVolume):
     """The anatomy of one MR volume, each part found once on first use (working-grid masks)."""
 
     def __init__(self, volume: Volume) -> None:
-        self.volume = volume
-        self.grid = CoarseGrid.for_geometry(volume.geometry)
-        self.geometry = self.grid.geometry
-        self.image = self.grid.down(volume.array)
-        self.spacing = self.geometry.spacing
+        super().__init__(volume)
         self.lr_axis, self.lr_sign = PatientAxes.of(self.geometry).left
-
-    def region(self, name: str, mask: np.ndarray, method: str) -> Region:
-        """A Region on this volume's working grid."""
-        return Region(name, mask, method, self.grid)
-
-    @functools.cached_property
-    def x(self) -> np.ndarray:
-        """(I, J, K) LPS x (towards the patient's left) of each working voxel, mm."""
-        return patient_coordinate(self.geometry, "left")
 
     @functools.cached_property
     def head(self) -> np.ndarray:
