@@ -87,3 +87,19 @@ def clinical():
     from MedSegAdaptLib.io.clinical_cases import clinical_cases
 
     return {case.name: (case, *case.load()) for case in clinical_cases()}
+
+
+@pytest.fixture()
+def app():
+    """A fresh real MRML scene set up as Slicer does (Testing/slicer_scene.py; needs slicer-core)."""
+    from slicer_scene import make_scene
+
+    return make_scene()
+
+
+@pytest.fixture()
+def volume_node(app):
+    """CTChest4 loaded into the `app` scene as a scalar volume node."""
+    from MedSegAdaptLib.io.sample_data import ctchest4_volume_path
+
+    return app.load_volume(ctchest4_volume_path(), "CTChest4")

@@ -78,16 +78,6 @@ def reference():
 
 
 @pytest.fixture()
-def app():
-    return make_scene()
-
-
-@pytest.fixture()
-def volume_node(app):
-    return app.load_volume(ctchest4_volume_path(), "CTChest4")
-
-
-@pytest.fixture()
 def segmentation_node(app):
     return app.load_segmentation(ctchest4_segmentation_path(), "Reference")
 

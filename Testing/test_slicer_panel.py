@@ -40,17 +40,6 @@ from slicer_scene import make_scene  # noqa: E402
 
 from MedSegAdaptLib.core.errors import InputError  # noqa: E402
 from MedSegAdaptLib.inference import Box3D  # noqa: E402
-from MedSegAdaptLib.io import ctchest4_volume_path  # noqa: E402
-
-
-@pytest.fixture()
-def app():
-    return make_scene()
-
-
-@pytest.fixture()
-def volume_node(app):
-    return app.load_volume(ctchest4_volume_path(), "CTChest4")
 
 
 BOX = Box3D((20, 30, 10), (60, 90, 20))

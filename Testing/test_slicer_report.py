@@ -49,16 +49,6 @@ def logic():
     return MedSegAdaptLogic(device="cpu")
 
 
-@pytest.fixture()
-def app():
-    return make_scene()
-
-
-@pytest.fixture()
-def volume_node(app):
-    return app.load_volume(ctchest4_volume_path(), "CTChest4")
-
-
 def _ijk_to_ras(volume_node) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
