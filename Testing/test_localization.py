@@ -86,3 +86,22 @@ def test_every_lesion_is_found_at_rank_one(clinical, name):
         candidate, region = finding.candidates[0]
         assert (region.grid.up(candidate.mask) & reference).any(), f"{name}: {case.reports[index]!r} -> {candidate.reason}"
         assert region.name.startswith(SIDE[name])
+
+
+def test_millimetre_morphology_on_the_bounding_box_equals_whole_volume_distance_maps():
+    from scipy import ndimage as ndi
+
+    from MedSegAdaptLib.localization.morphology import dilate_mm, erode_mm
+
+    mask = np.zeros((60, 50, 8), bool)
+    mask[10:30, 15:40, 2:6] = True
+    mask[40:45, 5:9, 1] = True
+    mask |= np.random.default_rng(0).random(mask.shape) > 0.995
+    spacing = (0.8, 0.8, 5.0)
+    for radius in (1.0, 3.0, 7.5):
+        in_plane = (0.8, 0.8, 1e6)
+        assert np.array_equal(dilate_mm(mask, radius, spacing), ndi.distance_transform_edt(~mask, sampling=in_plane) <= radius)
+        assert np.array_equal(dilate_mm(mask, radius, spacing, in_plane=False),
+                              ndi.distance_transform_edt(~mask, sampling=spacing) <= radius)
+        whole = ndi.distance_transform_edt(np.pad(mask, 1), sampling=in_plane)[1:-1, 1:-1, 1:-1] > radius
+        assert np.array_equal(erode_mm(mask, radius, spacing), whole)
