@@ -82,10 +82,6 @@ def run_segment(args: argparse.Namespace) -> int:
     """Handler of `medsegadapt segment`."""
     from MedSegAdaptLib.core.progress import TerminalProgress
     from MedSegAdaptLib.inference import Box3D, Point3D
-    from MedSegAdaptLib.inference.report_segmentation import (
-        find_candidates,
-        segment_from_report,
-    )
     from MedSegAdaptLib.io import read_volume
 
     if args.output is None and not args.list:
@@ -101,40 +97,27 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InputError(f"--pick {args.pick}: ranks start at 1")
     volume = read_volume(args.image, args.series, notify=print_series_note)
     axis = axis_index(args.axis)
-    segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
-    options = segmenter.options_for(args.structure or report)
-    if args.largest_component or args.all_components:
-        options = replace(options, largest_component=args.largest_component)
-    from_report = (report is not None and box is None and not points
-                   and not segmenter.backbone.prompt_free_structures)
-    if (args.list or args.pick != 1 or args.method != "auto") and not from_report:
+    report_only = (report is not None and box is None and not points and args.anchors is None
+                   and args.anchor_slices is None)
+    # The packaged weights have no priors and no prompt-free structures: a report alone needs no model to
+    # find its candidates, and a whole structure's own mask none to be segmented.
+    segmenter = None
+    if args.checkpoint is not None or not report_only:
+        segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
+    if report_only and (segmenter is None or not segmenter.backbone.prompt_free_structures):
+        return _run_report(args, volume, report, axis, segmenter)
+    if args.list or args.pick != 1 or args.method != "auto":
         raise InputError("--list, --pick and --method are for a report's candidates: give --report without a box or "
                          "points")
+    options = _options(args, segmenter.options_for(args.structure or report))
     if args.anchors is not None or args.anchor_slices is not None:
         return _repropagate(args, volume, segmenter, box, points, axis, options)
-    found = None
     progress = TerminalProgress()
     try:
-        if from_report and args.list:
-            found = find_candidates(segmenter.guidance, volume, report, args.structure, args.modality,
-                                    segmenter.backbone.priors is not None)
-        elif from_report:
-            found = segment_from_report(segmenter, volume, report, args.structure, args.pick - 1, args.modality,
-                                        progress, args.method, axis=axis, options=options,
-                                        intensity_cut=not args.no_intensity_cut)
-        else:
-            outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report,
-                                        axis=axis, options=options, intensity_cut=not args.no_intensity_cut)
+        outcome = segmenter.segment(volume, args.structure, box, points, args.modality, progress, report,
+                                    axis=axis, options=options, intensity_cut=not args.no_intensity_cut)
     finally:
         progress.close()
-    if found is not None:
-        if not args.json:
-            _print_candidates(found)
-        if not args.list:
-            return _write_report_result(args, volume, found, axis)
-        if args.json:
-            print(json.dumps(found.to_dict(), indent=2))
-        return 0
     name = args.structure or outcome.report.structure
     measurement = _write(args.output, volume, name, outcome.mask)
     slices = sorted(outcome.propagation.slice_iou)
@@ -222,6 +205,50 @@ def _write_report_result(args: argparse.Namespace, volume, found, axis: int) -> 
     if measurement is not None:
         print(f"lesion: {measurement}")
     print(f"wrote {args.output}")
+    return 0
+
+
+def _options(args: argparse.Namespace, options):
+    """The structure's propagation preset with --largest-component / --all-components applied."""
+    if args.largest_component or args.all_components:
+        return replace(options, largest_component=args.largest_component)
+    return options
+
+
+def _run_report(args: argparse.Namespace, volume, report: str, axis: int, segmenter) -> int:
+    """A report and no box or points: find the candidates, print them, segment the --pick'ed one (the model
+    is loaded only when the backbone runs); --list stops after the candidates."""
+    import time
+
+    from MedSegAdaptLib.core.progress import TerminalProgress
+    from MedSegAdaptLib.inference.report_guidance import PriorGuidance
+    from MedSegAdaptLib.inference.report_segmentation import (
+        find_candidates,
+        segment_candidate,
+    )
+    from MedSegAdaptLib.inference.segmenter import Segmenter
+
+    started = time.perf_counter()
+    guidance = segmenter.guidance if segmenter is not None else PriorGuidance()
+    has_priors = segmenter is not None and segmenter.backbone.priors is not None
+    found = find_candidates(guidance, volume, report, args.structure, args.modality, has_priors)
+    if not args.list:
+        options = _options(args, Segmenter.options_for(found.report.structure))
+        progress = TerminalProgress()
+        try:
+            found = segment_candidate(
+                found, args.pick - 1, volume, report,
+                lambda: segmenter or load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder),
+                progress, args.method, axis=axis, options=options, intensity_cut=not args.no_intensity_cut)
+        finally:
+            progress.close()
+        found.seconds = time.perf_counter() - started
+    if not args.json:
+        _print_candidates(found)
+    if not args.list:
+        return _write_report_result(args, volume, found, axis)
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=2))
     return 0
 
 
