@@ -129,10 +129,7 @@ def run_segment(args: argparse.Namespace) -> int:
         _print_report(outcome.report, segmenter.backbone.priors is not None)
     print(f"{name}: {int(outcome.mask.sum())} voxels on {len(occupied_slices(outcome.mask, axis))} "
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
-    if measurement is not None:
-        print(f"lesion: {measurement}")
-    print(f"wrote {args.output}")
-    return 0
+    return _print_written(args.output, measurement)
 
 
 def _repropagate(args: argparse.Namespace, volume, segmenter, box, points, axis: int, options) -> int:
@@ -173,6 +170,14 @@ def _repropagate(args: argparse.Namespace, volume, segmenter, box, points, axis:
     return 0
 
 
+def _print_written(output: Path, measurement) -> int:
+    """The lesion line (when there is a measurement) and the output path; the command's exit status 0."""
+    if measurement is not None:
+        print(f"lesion: {measurement}")
+    print(f"wrote {output}")
+    return 0
+
+
 def _write(output: Path, volume, name: str, mask):
     """Write one segment (with its lesion measurement as tags) to `output`; the measurement or None."""
     from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
@@ -202,10 +207,7 @@ def _write_report_result(args: argparse.Namespace, volume, found, axis: int) -> 
            else "the localiser's own mask")
     print(f"{name}: {int(found.mask.sum())} voxels on {len(occupied_slices(found.mask, axis))} slices ({how}), "
           f"{found.seconds:.1f} s")
-    if measurement is not None:
-        print(f"lesion: {measurement}")
-    print(f"wrote {args.output}")
-    return 0
+    return _print_written(args.output, measurement)
 
 
 def _options(args: argparse.Namespace, options):

@@ -56,14 +56,13 @@ MIN_DIAMETER_FRACTION = 0.3
 @dataclass(frozen=True)
 class LesionQuery:
     """What the report says to look for: side ('left', 'right' or None), lobe or region words, size in mm,
-    density/signal words, and the knowledge base's HU range for CT (empty when unknown)."""
+    size class ('nodule', 'mass' or None), and the knowledge base's HU range for CT (empty when unknown)."""
 
     structure: str
     side: str | None = None
     lobe: str | None = None
     size_mm: float | None = None
     size_class: str | None = None
-    appearance: tuple[str, ...] = ()
     hu_ranges: tuple[tuple[float, float], ...] = ()
 
     @property
@@ -120,12 +119,13 @@ def _components(mask: np.ndarray, query: LesionQuery, spacing: tuple[float, floa
     return found
 
 
-def ct_lung_candidates(hu: np.ndarray, region: Region, query: LesionQuery) -> tuple[list[np.ndarray], dict]:
-    """Solid blobs in a lung region; also returns {'host labels': components before opening} for isolation."""
+def ct_lung_candidates(hu: np.ndarray, region: Region, query: LesionQuery) -> tuple[list[np.ndarray], np.ndarray]:
+    """Solid blobs in a lung region, and the (I, J, K) labels of the solid components before opening (the
+    hosts whose size the isolation term compares a blob with)."""
     spacing = region.grid.geometry.spacing
     solid = region.mask & (hu > SOLID_HU)
     opened = open_mm(solid, float(np.clip(query.expected_mm / 5.0, 1.5, 6.0)), spacing)
-    return _components(opened, query, spacing), {"host": label(solid, connectivity=3)}
+    return _components(opened, query, spacing), label(solid, connectivity=3)
 
 
 def mr_asymmetry_candidates(image: np.ndarray, mirrored: np.ndarray, region: Region,

@@ -66,7 +66,7 @@ class Finding:
 
 
 def lesion_query(parsed: ParsedReport, kb: KnowledgeBase | None = None) -> LesionQuery:
-    """The search terms of a parsed report: side, lobe or region, size, appearance, expected HU."""
+    """The search terms of a parsed report: side, lobe or region, size and size class, expected HU."""
     kb = kb or KnowledgeBase.load()
     findings = parsed.findings
     side = findings.get("laterality")
@@ -75,8 +75,7 @@ def lesion_query(parsed: ParsedReport, kb: KnowledgeBase | None = None) -> Lesio
         side = structure.laterality if structure.laterality in ("left", "right") else None
     regions = findings.get("region", ())
     return LesionQuery(parsed.structure, side, findings.get("lobe") or (regions[0] if regions else None),
-                       findings.get("size_mm"), findings.get("size_class"), tuple(findings.get("density", ())) + tuple(findings.get("signal", ())),
-                       tuple(structure.hu_ranges()))
+                       findings.get("size_mm"), findings.get("size_class"), tuple(structure.hu_ranges()))
 
 
 def locate(volume: Volume, parsed: ParsedReport, modality: str) -> Finding:
@@ -145,9 +144,9 @@ def _locate_ct(anatomy: ChestCT, query: LesionQuery) -> Finding:
     for side in _sides(query):
         region = anatomy.lung_region(side, query.expected_mm)
         regions.append(region)
-        blobs, extra = ct_lung_candidates(anatomy.hu, region, query)
+        blobs, hosts = ct_lung_candidates(anatomy.hu, region, query)
         lobe = anatomy.lobe_mask(query.lobe, region.mask) if query.lobe and "lobe" in query.lobe else None
-        found += [(c, region) for c in rank_candidates(blobs, anatomy.hu, region, query, "ct", lobe, extra["host"])]
+        found += [(c, region) for c in rank_candidates(blobs, anatomy.hu, region, query, "ct", lobe, hosts)]
     return _finding(query, tuple(regions), found, f"solid blobs above -300 HU in the {' or '.join(r.name for r in regions)}")
 
 

@@ -24,11 +24,3 @@ class Region:
     def empty(self) -> bool:
         """Whether no voxel was found."""
         return not self.mask.any()
-
-    def fine_mask(self) -> np.ndarray:
-        """(I, J, K) bool on the volume's own grid."""
-        return self.grid.up(self.mask)
-
-    def volume_ml(self) -> float:
-        """The region's volume in millilitres."""
-        return float(self.mask.sum() * np.prod(self.grid.geometry.spacing) / 1000.0)
