@@ -26,7 +26,7 @@ from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.inference.prompts import Box3D
 from MedSegAdaptLib.inference.report_guidance import PriorGuidance
 from MedSegAdaptLib.inference.segmenter import SegmentationOutcome, Segmenter
-from MedSegAdaptLib.io.modality import detect_modality
+from MedSegAdaptLib.io.modality import resolve_modality
 from MedSegAdaptLib.io.volume import Volume
 from MedSegAdaptLib.knowledge.report_parser import ParsedReport
 from MedSegAdaptLib.localization.localizer import Finding, locate
@@ -75,8 +75,7 @@ def find_candidates(guidance: PriorGuidance, volume: Volume, report: str, struct
     """Parse `report` with `guidance` (a Segmenter's, or PriorGuidance() for the packaged knowledge base) and
     rank the candidates for it in `volume`; no network runs. has_priors: whether the backbone that will
     segment has MedSeg-R priors (recorded in steered_by)."""
-    if modality == "auto":
-        modality, _ = detect_modality(volume.array, volume.modality_hint)
+    modality, _ = resolve_modality(modality, volume.array, volume.modality_hint)
     parsed = guidance.parse(report, modality, structure)
     steered = ("MedSeg-R priors from the report's texts" if has_priors
                else "box only (no MedSeg-R priors in this checkpoint)")

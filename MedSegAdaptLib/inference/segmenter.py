@@ -26,7 +26,7 @@ from MedSegAdaptLib.inference.slice_encoder import (
     build_slice_encoder,
     embedding_key,
 )
-from MedSegAdaptLib.io.modality import detect_modality
+from MedSegAdaptLib.io.modality import resolve_modality
 from MedSegAdaptLib.io.volume import Volume
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.knowledge.report_parser import ParsedReport
@@ -120,10 +120,7 @@ class Segmenter:
             raise InputError(f"unknown re-propagation mode {mode!r}; expected one of {', '.join(REPROPAGATION_MODES)}")
 
         started = time.perf_counter()
-        if modality == "auto":
-            modality, reason = detect_modality(volume.array, volume.modality_hint)
-        else:
-            reason = "given by the user"
+        modality, reason = resolve_modality(modality, volume.array, volume.modality_hint)
         preset = preset_for(structure, modality)
         options = options or self.options_for(structure)
         encoder = self.encoder_for(volume, preset, axis)
@@ -157,10 +154,7 @@ class Segmenter:
         (inference.intensity_cut; not for bone). The outcome's propagation keeps the uncut mask.
         """
         started = time.perf_counter()
-        if modality == "auto":
-            modality, reason = detect_modality(volume.array, volume.modality_hint)
-        else:
-            reason = "given by the user"
+        modality, reason = resolve_modality(modality, volume.array, volume.modality_hint)
         parsed = tokens = None
         if report is not None or self.backbone.priors is not None:
             if report is None and structure is None:

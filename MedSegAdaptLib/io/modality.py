@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MODALITIES", "detect_modality"]
+__all__ = ["MODALITIES", "detect_modality", "resolve_modality"]
 
 MODALITIES = ("ct", "mr")
 
@@ -21,3 +21,10 @@ def detect_modality(array: np.ndarray, modality_hint: str | None) -> tuple[str, 
     if p1 < -500:
         return "ct", f"1st intensity percentile {p1:.0f} < -500 (air in Hounsfield units)"
     return "mr", f"1st intensity percentile {p1:.0f} >= -500 (no air in Hounsfield units)"
+
+
+def resolve_modality(modality: str, array: np.ndarray, modality_hint: str | None) -> tuple[str, str]:
+    """(modality, reason): detect_modality's answer for 'auto', else the given one "given by the user"."""
+    if modality == "auto":
+        return detect_modality(array, modality_hint)
+    return modality, "given by the user"
