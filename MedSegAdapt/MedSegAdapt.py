@@ -48,7 +48,7 @@ else:  # nothing works without the library; the panel says so and the parameter 
 
 SETTINGS_PREFIX = "MedSegAdapt/"
 #: Kinds of long work whose Cancel acts at once (their results are dropped); the others stop at their next step.
-ABANDONED_ON_CANCEL = ("segment", "suggest", "find", "candidate")
+ABANDONED_ON_CANCEL = ("segment", "suggest", "find", "candidate", "repropagate")
 
 
 #
@@ -203,6 +203,9 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "candidate": _JobControls(self.ui.applyCandidateButton, "Apply to candidate", "Cancel",
                                       self.ui.candidateProgressBar, self.ui.candidateStatusLabel,
                                       "Segmenting the candidate failed"),
+            "repropagate": _JobControls(self.ui.repropagateButton, "Re-propagate from my edits", "Cancel",
+                                        self.ui.repropagateProgressBar, self.ui.repropagateStatusLabel,
+                                        "Re-propagating the segment failed"),
         }
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -215,6 +218,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.candidatesTableWidget.connect("cellClicked(int,int)", self.onCandidateClicked)
         self.ui.candidatesTableWidget.connect("itemSelectionChanged()", self._checkCanApply)
         self.ui.applyCandidateButton.connect("clicked(bool)", self.onApplyCandidate)
+        self.ui.repropagateButton.connect("clicked(bool)", self.onRepropagate)
         self.ui.submitCorrectionButton.connect("clicked(bool)", self.onSubmitCorrection)
         self.ui.refreshHistoryButton.connect("clicked(bool)", self.onRefreshHistory)
         self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTuneButton)
@@ -645,7 +649,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 bar.setValue(bar.maximum)
             finish = {"segment": self._finishSegmentation, "suggest": self._finishSuggestions,
                       "finetune": self._finishFineTuning, "generate": self._finishGenerating,
-                      "find": self._finishFind, "candidate": self._finishCandidate}[kind]
+                      "find": self._finishFind, "candidate": self._finishCandidate,
+                      "repropagate": self._finishRepropagation}[kind]
             finish(job, context)
         self._checkCanApply()
 
@@ -865,6 +870,41 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return show_slice(volumeNode, axis, index, slice_views(slicer.mrmlScene))
 
     # --- corrections --------------------------------------------------------------------------------
+
+    def onRepropagate(self):
+        """Re-propagate the Corrections segment from the slices edited since the model's result (kept as drawn)."""
+        logic = self._startOrStop("repropagate")
+        if logic is None:
+            return
+        node = self._parameterNode
+        statusLabel = self.ui.repropagateStatusLabel
+        try:
+            # The edited slices are read here, on the main thread; the ROI, when placed, bounds the result.
+            request = logic.prepare_repropagation(node.inputVolume, node.segmentation,
+                                                  self.ui.correctionSegmentComboBox.currentText, node.roi)
+        except Exception as error:
+            self._showError("Cannot re-propagate", error, statusLabel)
+            return
+        statusLabel.text = f"Re-propagating {request.structure} from slices {request.slices_text}..."
+        self._startJob("repropagate", lambda progress: logic.run_repropagation(request, progress),
+                       f"re-propagating {request.structure}", (request, node.inputVolume, node.segmentation))
+
+    def _finishRepropagation(self, job, context):
+        request, volumeNode, segmentationNode = context
+        statusLabel = self.ui.repropagateStatusLabel
+        if job.state == "cancelled":
+            statusLabel.text = "Re-propagation cancelled; nothing was changed."
+            return
+        try:
+            with slicer.util.NodeModify(segmentationNode):
+                self.logic.apply_repropagation(job.result, request, volumeNode, segmentationNode,
+                                               save_undo_state=lambda: self._saveUndoState(segmentationNode))
+        except Exception as error:
+            self._showError("Could not write the re-propagated segment", error, statusLabel)
+            return
+        statusLabel.text = (f"{request.structure}: re-propagated ({request.mode}) from slices {request.slices_text}, "
+                            f"{int(job.result.mask.sum())} voxels in {job.result.seconds:.1f} s. Undo in the Segment "
+                            "Editor brings your edited segment back.")
 
     def onSubmitCorrection(self):
         if not self._dependenciesReady():

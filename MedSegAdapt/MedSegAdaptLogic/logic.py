@@ -3,8 +3,10 @@ fine-tuning, environment samples and review, usable from the widget, Slicer's Py
 
 No Qt and no ``slicer.ScriptedLoadableModule`` (tests run it on a real ``slicer-core`` scene). Scene
 work (:meth:`~MedSegAdaptLogic.prepare`, :meth:`~MedSegAdaptLogic.apply`,
-:meth:`~MedSegAdaptLogic.prepare_suggestion`, :meth:`~MedSegAdaptLogic.preview_label`) runs on the
+:meth:`~MedSegAdaptLogic.prepare_suggestion`, :meth:`~MedSegAdaptLogic.preview_label`,
+:meth:`~MedSegAdaptLogic.prepare_repropagation`, :meth:`~MedSegAdaptLogic.apply_repropagation`) runs on the
 main thread; model work (:meth:`~MedSegAdaptLogic.run_model`, :meth:`~MedSegAdaptLogic.run_suggestion`,
+:meth:`~MedSegAdaptLogic.run_repropagation`,
 :meth:`~MedSegAdaptLogic.fine_tune`, :meth:`~MedSegAdaptLogic.run_find`,
 :meth:`~MedSegAdaptLogic.run_candidate`) may run on the worker thread.
 
@@ -18,6 +20,9 @@ In Slicer::
         print(candidate["rank"], candidate["score"], candidate["reason"])
     logic.jump_to_candidate(getNode("CTChest"), found.candidates[0])
     segment_id = logic.segment_candidate(getNode("CTChest"), getNode("Segmentation"), 1)  # 'lung nodule 1'
+    # after painting or erasing a few slices of 'lung nodule 1' in the Segment Editor:
+    print(logic.edited_slices(getNode("Segmentation"), segment_id, getNode("CTChest"), "k"))  # e.g. [20, 25]
+    logic.repropagate_from_edits(getNode("CTChest"), getNode("Segmentation"), "lung nodule 1")  # kept as drawn
     for s in logic.suggest(getNode("CTChest"), "right lung", 3, roi_node=getNode("R")):
         print(s.axis, s.index, round(s.score, 2), s.reason)
     result = logic.fine_tune("/data/store", "/data/finetuned.pt", logic.fine_tune_options(epochs=5))
@@ -34,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from MedSegAdaptLib.core.axes import AXIS_NAMES
+import numpy as np
+
+from MedSegAdaptLib.core.axes import AXIS_NAMES, take_slices
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
@@ -51,6 +58,8 @@ from .report import (
 from .scene import (
     axis_number,
     box_from_roi,
+    changed_slices,
+    edited_slices,
     fiducials_from_points,
     find_segment_id,
     geometry_from_volume_node,
@@ -59,6 +68,7 @@ from .scene import (
     jump_slices_to,
     label_arrays_from_node,
     mark_model_output,
+    mask_digest,
     node_in_scene,
     numbered_segment_name,
     points_from_node,
@@ -66,6 +76,7 @@ from .scene import (
     require_segment_id,
     roi_from_box,
     segment_mask,
+    segment_terminology,
     segmentation_from_node,
     set_segment_mask,
     show_slice,
@@ -79,12 +90,16 @@ from .scene import (
 )
 from .state import parameter_node
 
-__all__ = ["CANDIDATE_TAGS", "MedSegAdaptLogic", "ReportFind", "ReportRequest", "SegmentationRequest",
-           "SuggestionRequest"]
+__all__ = ["CANDIDATE_TAGS", "REPROPAGATION_TAGS", "MedSegAdaptLogic", "ReportFind", "ReportRequest",
+           "RepropagationRequest", "SegmentationRequest", "SuggestionRequest"]
 
 #: Segment tags of a segment made from a report's candidate (Slicer saves them with the segmentation).
 CANDIDATE_TAGS = ("MedSegAdapt.Report", "MedSegAdapt.CandidateRank", "MedSegAdapt.CandidateScore",
                   "MedSegAdapt.CandidateReason", "MedSegAdapt.Method")
+
+#: Segment tags of a segment re-propagated from the user's edits: the slices kept as drawn ('k:20,25') and the
+#: library's re-propagation mode ('combined', 'anchored' or 'interpolation').
+REPROPAGATION_TAGS = ("MedSegAdapt.RepropagatedFrom", "MedSegAdapt.RepropagationMode")
 
 logger = logging.getLogger("MedSegAdapt")
 
@@ -118,6 +133,15 @@ def _existing_case(store_path: str | os.PathLike | None, case_id: str | None) ->
                     None)
 
 
+def _require_in_scene(volume_node, segmentation_node) -> None:
+    """InputError (nothing is written) when no segmentation is selected or a node left the scene since it was read."""
+    if segmentation_node is None:
+        raise InputError("No output segmentation selected; expected a segmentation node")
+    for node, what in ((volume_node, "input volume"), (segmentation_node, "output segmentation")):
+        if not node_in_scene(node):
+            raise InputError(f"The {what} {node.GetName()} is no longer in the scene; the result was not written")
+
+
 # --- the Logic -----------------------------------------------------------------------------------
 
 
@@ -131,6 +155,36 @@ class SegmentationRequest:
     points: list[Point3D] = field(default_factory=list)
     modality: str = "auto"
     report: str | None = None
+
+
+@dataclass
+class RepropagationRequest:
+    """What re-propagating a segment from the user's edits needs, taken from the scene on the main thread.
+
+    anchors: edited slice index along ``axis`` -> (H, W) bool image of the segment there now (kept as drawn;
+    an empty one bounds the structure); digest: the segment's whole mask when read (a segment edited again
+    while the model ran is not overwritten); structure: the segment's name (it picks the intensity preset).
+    """
+
+    volume: Volume
+    segment_id: str
+    structure: str
+    anchors: dict[int, np.ndarray]
+    digest: str
+    axis: str = "k"
+    box: Box3D | None = None
+    mode: str = "combined"
+    modality: str = "auto"
+
+    @property
+    def slices(self) -> list[int]:
+        """The edited slices (the anchors), ascending."""
+        return sorted(self.anchors)
+
+    @property
+    def slices_text(self) -> str:
+        """The anchors as the store writes annotated slices: 'k:20,25'."""
+        return f"{self.axis}:{','.join(str(index) for index in self.slices)}"
 
 
 @dataclass
@@ -161,8 +215,9 @@ class MedSegAdaptLogic:
     The backbone is loaded on first use and kept for later calls; slice embeddings are kept in one
     cache shared by segmentation, suggestions and fine-tuning. Scene work (:meth:`prepare`,
     :meth:`apply`, :meth:`prepare_suggestion`, :meth:`preview_label`, :meth:`prepare_find`,
-    :meth:`apply_candidate`, :meth:`jump_to_candidate`) must run on the main thread; model work
-    (:meth:`run_model`, :meth:`run_suggestion`, :meth:`fine_tune`, :meth:`run_find`, :meth:`run_candidate`)
+    :meth:`apply_candidate`, :meth:`jump_to_candidate`, :meth:`prepare_repropagation`,
+    :meth:`apply_repropagation`) must run on the main thread; model work (:meth:`run_model`,
+    :meth:`run_suggestion`, :meth:`fine_tune`, :meth:`run_find`, :meth:`run_candidate`, :meth:`run_repropagation`)
     may run on a worker thread. The last Find of a report in each volume node is kept
     (:meth:`last_find`), so that segmenting its candidates does not localise again.
     """
@@ -207,6 +262,7 @@ class MedSegAdaptLogic:
     training_history_table = staticmethod(training_history_table)
     training_history_chart = staticmethod(training_history_chart)
     show_slice = staticmethod(show_slice)
+    edited_slices = staticmethod(edited_slices)
 
     # the module's parameter node (see .state: the widget needs it before the dependencies are installed)
     parameter_node = staticmethod(parameter_node)
@@ -296,11 +352,7 @@ class MedSegAdaptLogic:
         the segmentation changes, so that Undo restores it. Nodes removed from the scene since
         :meth:`prepare` (a scene close, a delete) are refused: nothing is written.
         """
-        if segmentation_node is None:
-            raise InputError("No output segmentation selected; expected a segmentation node")
-        for node, what in ((volume_node, "input volume"), (segmentation_node, "output segmentation")):
-            if not node_in_scene(node):
-                raise InputError(f"The {what} {node.GetName()} is no longer in the scene; the result was not written")
+        _require_in_scene(volume_node, segmentation_node)
         if outcome.mask.shape != request.volume.geometry.shape:
             raise InputError("The segmentation result does not match the volume's grid")
         name = request.structure or outcome.report.structure
@@ -319,12 +371,16 @@ class MedSegAdaptLogic:
             segment_id = set_segment_mask(segmentation_node, unique_segment_name(segmentation_node, name),
                                           outcome.mask, volume_node, replace=False)
         mark_model_output(segmentation_node, segment_id, outcome.mask)
-        self._last_measurement = measure_if_lesion(name, outcome.mask, request.volume.geometry)
+        self._measure(segmentation_node, segment_id, name, outcome.mask, request.volume.geometry)
+        return segment_id
+
+    def _measure(self, segmentation_node, segment_id: str, structure: str, mask, geometry) -> None:
+        """Keep (:attr:`last_measurement`) and tag on the segment a lesion's volume and longest axial diameter."""
+        self._last_measurement = measure_if_lesion(structure, mask, geometry)
         if self._last_measurement is not None:
             segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
             for key, value in self._last_measurement.as_tags().items():
                 segment.SetTag(key, value)
-        return segment_id
 
     def segment(self, volume_node, segmentation_node, structure: str, roi_node=None, points_node=None,
                 progress: ProgressCallback | None = None, background_points_node=None,
@@ -340,6 +396,97 @@ class MedSegAdaptLogic:
                                report)
         outcome = self.run_model(request, progress)
         return self.apply(outcome, request, volume_node, segmentation_node, replace=replace)
+
+    # re-propagation from the user's edits (main thread, any thread, main thread)
+
+    def prepare_repropagation(self, volume_node, segmentation_node, segment_name: str, roi_node=None,
+                              mode: str = "combined", axis: str = "k", modality: str = "auto") -> RepropagationRequest:
+        """Read a model segment's edited slices out of the scene. Main thread.
+
+        The edited slices are those whose content differs from the model's last result in the segment
+        (:func:`~MedSegAdaptLogic.scene.edited_slices`, along ``axis``); their current content becomes the
+        anchors, kept exactly as drawn (a slice the user cleared is an empty anchor: it bounds the
+        structure). roi_node: a placed ROI bounds the re-propagation; mode: 'combined', 'anchored' or
+        'interpolation' (no network runs). InputError when the segment has no model result recorded or
+        nothing was edited since.
+        """
+        from MedSegAdaptLib.inference.anchored import REPROPAGATION_MODES
+
+        if volume_node is None:
+            raise InputError("No input volume selected; expected a scalar volume")
+        if segmentation_node is None:
+            raise InputError("No segmentation selected; expected the segmentation holding the edited segment")
+        if mode not in REPROPAGATION_MODES:
+            raise InputError(f"Unknown re-propagation mode {mode!r}; expected one of {', '.join(REPROPAGATION_MODES)}")
+        number = axis_number(axis)
+        segment_id = require_segment_id(segmentation_node, segment_name or "")
+        structure = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip()
+        mask = segment_mask(segmentation_node, segment_id, volume_node)
+        edited = changed_slices(segmentation_node, segment_id, mask, number)
+        if not edited:
+            raise InputError(f"Nothing was edited in segment {structure!r} since the model's last result; paint or "
+                             "erase on a few slices first (they are kept as drawn), then re-propagate from them")
+        box, _ = prompts_from_nodes(volume_node, roi_node)
+        anchors = {index: image.copy() for index, image in zip(edited, take_slices(mask, number, edited))}
+        return RepropagationRequest(volume_from_node(volume_node), segment_id, structure, anchors, mask_digest(mask),
+                                    AXIS_NAMES[number], box, mode, modality)
+
+    def run_repropagation(self, request: RepropagationRequest, progress: ProgressCallback | None = None):
+        """Re-propagate the segment from its edited slices (the library's ``Segmenter.repropagate``); returns
+        its ``SegmentationOutcome``, whose mask keeps every edited slice as drawn. Any thread."""
+        outcome = self._loaded_segmenter(progress).repropagate(
+            request.volume, request.structure, request.anchors, request.box, request.modality, progress,
+            axis=axis_number(request.axis), mode=request.mode)
+        self.last_outcome = outcome
+        return outcome
+
+    def apply_repropagation(self, outcome, request: RepropagationRequest, volume_node, segmentation_node,
+                            save_undo_state: Callable[[], Any] | None = None) -> str:
+        """Replace the re-propagated segment's mask with the outcome's (no other segment changes); returns its
+        id. Main thread.
+
+        The segment keeps its name, colour and terminology, becomes the model's new result (later edits are
+        diffed against it) and its tags say which slices it was re-propagated from, how
+        (:data:`REPROPAGATION_TAGS`). ``save_undo_state`` (the Segment Editor's ``saveStateForUndo``) is
+        called just before the segmentation changes, so that Undo restores the edited segment. Refused
+        (nothing written) when a node left the scene, the segment was deleted, or it was edited again since
+        :meth:`prepare_repropagation`.
+        """
+        _require_in_scene(volume_node, segmentation_node)
+        geometry = geometry_from_volume_node(volume_node)
+        if not geometry.matches(request.volume.geometry) or outcome.mask.shape != geometry.shape:
+            raise InputError(f"The re-propagated segment does not match the grid of {volume_node.GetName()}; "
+                             "the result was not written")
+        segment = segmentation_node.GetSegmentation().GetSegment(request.segment_id)
+        if segment is None:
+            raise InputError(f"The segment {request.structure!r} was deleted while re-propagating; "
+                             "the result was not written")
+        if mask_digest(segment_mask(segmentation_node, request.segment_id, volume_node)) != request.digest:
+            raise InputError(f"The segment {segment.GetName()!r} was edited again while re-propagating; the result "
+                             "was not written: re-propagate again to use the new edits")
+        if not outcome.mask.any():
+            logger.warning("MedSegAdapt: re-propagating %r from %s gave an empty segment", request.structure,
+                           request.slices_text)
+        if save_undo_state is not None:
+            save_undo_state()
+        name = segment.GetName()
+        segment_id = set_segment_mask(segmentation_node, name, outcome.mask, volume_node, color=segment.GetColor(),
+                                      terminology=segment_terminology(segment), segment_id=request.segment_id)
+        mark_model_output(segmentation_node, segment_id, outcome.mask, request.axis)
+        for key, value in zip(REPROPAGATION_TAGS, (request.slices_text, request.mode)):
+            segment.SetTag(key, value)
+        self._measure(segmentation_node, segment_id, request.structure, outcome.mask, geometry)
+        return segment_id
+
+    def repropagate_from_edits(self, volume_node, segmentation_node, segment_name: str, roi_node=None,
+                               mode: str = "combined", axis: str = "k", progress: ProgressCallback | None = None,
+                               save_undo_state: Callable[[], Any] | None = None) -> str:
+        """Re-propagate a model segment from the slices the user edited since the model's last result, kept as
+        drawn (:meth:`prepare_repropagation`, :meth:`run_repropagation`, :meth:`apply_repropagation`); returns
+        the segment id. Main thread."""
+        request = self.prepare_repropagation(volume_node, segmentation_node, segment_name, roi_node, mode, axis)
+        outcome = self.run_repropagation(request, progress)
+        return self.apply_repropagation(outcome, request, volume_node, segmentation_node, save_undo_state)
 
     # report-driven segmentation: find the candidates (main thread, any thread), then segment the ones kept
     # (any thread, main thread)
@@ -467,11 +614,7 @@ class MedSegAdaptLogic:
         """
         from MedSegAdaptLib.io import default_color, standard_terminology
 
-        if segmentation_node is None:
-            raise InputError("No output segmentation selected; expected a segmentation node")
-        for node, what in ((volume_node, "input volume"), (segmentation_node, "output segmentation")):
-            if not node_in_scene(node):
-                raise InputError(f"The {what} {node.GetName()} is no longer in the scene; the result was not written")
+        _require_in_scene(volume_node, segmentation_node)
         if found.request.volume_node is not volume_node:
             raise InputError(f"The candidates were found in another volume than {volume_node.GetName()}; "
                              "press Find again for this volume")
@@ -497,10 +640,7 @@ class MedSegAdaptLogic:
         for key, value in zip(CANDIDATE_TAGS, (found.request.report, rank, f"{candidate['score']:.4f}",
                                                candidate["reason"], result.method)):
             segment.SetTag(key, tag_text(value))
-        self._last_measurement = measure_if_lesion(structure, result.mask, found.volume.geometry)
-        if self._last_measurement is not None:
-            for key, value in self._last_measurement.as_tags().items():
-                segment.SetTag(key, value)
+        self._measure(segmentation_node, segment_id, structure, result.mask, found.volume.geometry)
         return segment_id
 
     def segment_candidate(self, volume_node, segmentation_node, rank: int = 1,

@@ -21,7 +21,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from MedSegAdaptLib.core.axes import AXIS_NAMES
+from MedSegAdaptLib.core.axes import AXIS_NAMES, take_slices
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.inference import Box3D, Point3D
 from MedSegAdaptLib.io import (
@@ -38,6 +38,8 @@ from .state import roi_is_placed
 __all__ = [
     "axis_number",
     "box_from_roi",
+    "changed_slices",
+    "edited_slices",
     "fiducials_from_points",
     "find_segment_id",
     "geometry_from_volume_node",
@@ -50,6 +52,8 @@ __all__ = [
     "mark_model_output",
     "mask_digest",
     "MODEL_MASK_TAG",
+    "MODEL_SLICE_AXIS_TAG",
+    "MODEL_SLICES_TAG",
     "node_in_scene",
     "numbered_segment_name",
     "points_from_node",
@@ -63,6 +67,8 @@ __all__ = [
     "set_segment_mask",
     "set_segment_terminology",
     "show_slice",
+    "SLICE_DIGEST_CHARS",
+    "slice_digests",
     "slice_position_ras",
     "slice_views",
     "tag_text",
@@ -339,12 +345,14 @@ def set_segment_mask(
     color: Sequence[float] | None = None,
     terminology: dict | None = None,
     replace: bool = True,
+    segment_id: str | None = None,
 ) -> str:
     """Write a boolean (I, J, K) mask on the reference volume's grid into the segment called ``name``.
 
     A segment of that name (ignoring case) is overwritten when ``replace``; otherwise (or when there
-    is none) a new segment is added. Colour and terminology default to the standard ones for the
-    name. Returns the segment id.
+    is none) a new segment is added; ``segment_id``: overwrite exactly that segment (which must
+    exist) instead of looking it up by name. Colour and terminology default to the standard ones
+    for the name. Returns the segment id.
     """
     mask = np.asarray(mask)
     shape = tuple(reference_volume_node.GetImageData().GetDimensions())
@@ -357,7 +365,11 @@ def set_segment_mask(
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
     color = tuple(color) if color is not None else default_color(name)
     terminology = terminology if terminology is not None else standard_terminology(name)
-    segment_id = find_segment_id(segmentation_node, name) if replace else None
+    if segment_id is not None:
+        if segmentation.GetSegment(segment_id) is None:
+            raise InputError(f"No segment with id {segment_id!r} in {segmentation_node.GetName()}")
+    elif replace:
+        segment_id = find_segment_id(segmentation_node, name)
     if segment_id is None:
         segment_id = segmentation.AddEmptySegment("", name, list(color))
         if not segment_id:
@@ -389,9 +401,77 @@ def mask_digest(mask: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def mark_model_output(segmentation_node, segment_id: str, mask: np.ndarray) -> None:
-    """Record on the segment that ``mask`` is what the model wrote into it."""
-    segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(MODEL_MASK_TAG, mask_digest(mask))
+#: Segment tag holding the axis ('i', 'j' or 'k') along which :data:`MODEL_SLICES_TAG` digests the model's mask.
+MODEL_SLICE_AXIS_TAG = "MedSegAdapt.ModelSliceAxis"
+#: Segment tag holding one short digest per slice of the model's mask along :data:`MODEL_SLICE_AXIS_TAG`,
+#: concatenated (:data:`SLICE_DIGEST_CHARS` hex characters each): which slices the user edited since.
+MODEL_SLICES_TAG = "MedSegAdapt.ModelSliceDigests"
+#: Hex characters per slice digest (32 bits: an edit goes unseen with odds of 1 in 4 billion per slice).
+SLICE_DIGEST_CHARS = 8
+
+
+def slice_digests(mask: np.ndarray, axis: str | int = "k") -> list[str]:
+    """One short digest (BLAKE2b, :data:`SLICE_DIGEST_CHARS` hex characters) of each slice of a boolean
+    (I, J, K) mask along ``axis``, slice shape included."""
+    mask = np.asarray(mask, dtype=bool)
+    number = axis_number(axis)
+    digests = []
+    for image in take_slices(mask, number, np.arange(mask.shape[number])):
+        digest = hashlib.blake2b(repr(image.shape).encode(), digest_size=SLICE_DIGEST_CHARS // 2)
+        digest.update(np.packbits(image, axis=None).tobytes())
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def mark_model_output(segmentation_node, segment_id: str, mask: np.ndarray, axis: str | int = "k") -> None:
+    """Record on the segment that ``mask`` is what the model wrote into it: its digest, and one digest
+    per slice along ``axis`` (see :func:`edited_slices`). Tags are saved with the segmentation."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    segment.SetTag(MODEL_MASK_TAG, mask_digest(mask))
+    segment.SetTag(MODEL_SLICE_AXIS_TAG, AXIS_NAMES[axis_number(axis)])
+    segment.SetTag(MODEL_SLICES_TAG, "".join(slice_digests(mask, axis)))
+
+
+def _tag(segment, key: str) -> str | None:
+    value = vtk.reference("")
+    return str(value) if segment is not None and segment.GetTag(key, value) and str(value) else None
+
+
+def changed_slices(segmentation_node, segment_id: str, mask: np.ndarray, axis: str | int = "k") -> list[int]:
+    """Slices along ``axis`` (ascending) where the boolean (I, J, K) ``mask`` differs from the model result
+    recorded on the segment by :func:`mark_model_output`; [] when it is that result.
+
+    InputError when the segment has no model result recorded (drawn by hand, or written by the model
+    before per-slice records existed), when it was recorded along another axis, or on another grid.
+    """
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputError(f"No segment with id {segment_id!r} in {segmentation_node.GetName()}")
+    name = segment.GetName()
+    recorded, recorded_axis = _tag(segment, MODEL_SLICES_TAG), _tag(segment, MODEL_SLICE_AXIS_TAG)
+    if recorded is None or recorded_axis not in AXIS_NAMES:
+        raise InputError(f"Segment {name!r} has no model result recorded to compare with; "
+                         "segment it with the model first")
+    number = axis_number(axis)
+    if recorded_axis != AXIS_NAMES[number]:
+        raise InputError(f"The model result of segment {name!r} was recorded slice by slice along {recorded_axis}, "
+                         f"not {AXIS_NAMES[number]}; use axis {recorded_axis}")
+    current = slice_digests(mask, number)
+    if len(recorded) != SLICE_DIGEST_CHARS * len(current):
+        raise InputError(f"The model result of segment {name!r} was recorded on another grid "
+                         f"({len(recorded) // SLICE_DIGEST_CHARS} slices along {recorded_axis}, this volume has "
+                         f"{len(current)}); segment it with the model on this volume first")
+    return [index for index, digest in enumerate(current)
+            if recorded[index * SLICE_DIGEST_CHARS:(index + 1) * SLICE_DIGEST_CHARS] != digest]
+
+
+def edited_slices(segmentation_node, segment_id: str, reference_volume_node, axis: str | int = "k") -> list[int]:
+    """Slices along ``axis`` (ascending) whose current content on the reference volume's grid differs from
+    the model's last result in the segment: the slices the user painted, erased or cleared since ([] when
+    none). Works after saving and reloading the scene (the record lives in the segment's tags); see
+    :func:`changed_slices` for the errors."""
+    mask = segment_mask(segmentation_node, segment_id, reference_volume_node)
+    return changed_slices(segmentation_node, segment_id, mask, axis)
 
 
 def is_unedited_model_output(segmentation_node, segment_id: str, reference_volume_node) -> bool:

@@ -23,10 +23,11 @@ __all__ = [
 MODULE_NAME = "MedSegAdapt"
 #: Kinds of long work that write into the fine-tuning store while they run.
 STORE_JOBS = ("finetune", "generate")
-#: The kinds of long work, each with a start/stop button ('find': a report's candidates, 'candidate': segmenting one).
-JOB_KINDS = ("segment", "suggest", "finetune", "generate", "find", "candidate")
+#: The kinds of long work, each with a start/stop button ('find': a report's candidates, 'candidate': segmenting one,
+#: 'repropagate': re-propagating a segment from the user's edits).
+JOB_KINDS = ("segment", "suggest", "finetune", "generate", "find", "candidate", "repropagate")
 #: Kinds of long work that write segments into the segmentation.
-SEGMENT_JOBS = ("segment", "candidate")
+SEGMENT_JOBS = ("segment", "candidate", "repropagate")
 
 
 def parameter_node(scene, defaults: dict[str, str] | None = None):
@@ -88,8 +89,8 @@ class PanelInputs:
 
 
 def ready_actions(inputs: PanelInputs) -> dict[str, tuple[bool, str]]:
-    """{action: (enabled, tooltip)} for the job buttons (segment, suggest, finetune, generate, find, candidate;
-    the running one stays enabled: it stops the work) and for submit, preview, accept and reject."""
+    """{action: (enabled, tooltip)} for the job buttons (segment, suggest, finetune, generate, find, candidate,
+    repropagate; the running one stays enabled: it stops the work) and for submit, preview, accept and reject."""
     named = bool(inputs.structure.strip() or inputs.report.strip())
     prompted = has_prompt(inputs.roi, inputs.points) or inputs.prompt_free
     store = bool(inputs.store_path.strip())
@@ -112,6 +113,11 @@ def ready_actions(inputs: PanelInputs) -> dict[str, tuple[bool, str]]:
         "candidate": (bool(inputs.volume and inputs.segmentation and inputs.candidate_selected),
                       "Segment the selected candidate into a new segment (the others are kept).",
                       "Select a volume and a segmentation, Find the report's candidates and select one."),
+        "repropagate": (bool(inputs.volume and inputs.segmentation and inputs.correction_segment),
+                        ("Re-propagate the segment from the slices you edited since the model's result: they are "
+                         "kept exactly as drawn (a cleared slice bounds the structure), every other slice is "
+                         "segmented again from them. Undo in the Segment Editor brings the edited segment back."),
+                        "Select a volume, a segmentation and the model's segment you corrected (Segment)."),
     }
     actions = {}
     for kind in JOB_KINDS:
