@@ -143,7 +143,9 @@ def test_repropagation_keeps_the_edits_touches_no_other_segment_and_is_undoable(
     for index in (20, 25):
         np.testing.assert_array_equal(result[:, :, index], edited.painted[:, :, index])  # kept as drawn
     assert all(result[:, :, index].any() for index in range(21, 25))  # between the edits: re-propagated
-    assert not result[:, :, :20].any() and not result[:, :, 26:].any()  # interpolation reaches no further
+    # interpolation reaches no further: the slices beyond the edits keep what the segment had
+    np.testing.assert_array_equal(result[:, :, :20], edited.painted[:, :, :20])
+    np.testing.assert_array_equal(result[:, :, 26:], edited.painted[:, :, 26:])
     np.testing.assert_array_equal(segment_mask(edited.node, edited.right, volume_node), edited.other)
     assert edited.node.GetSegmentation().GetNumberOfSegments() == 2
     assert edited.node.GetSegmentation().GetSegment(edited.left).GetColor() == color
@@ -169,7 +171,8 @@ def test_a_cleared_slice_is_an_empty_anchor_that_bounds_the_structure(logic, edi
     logic.apply_repropagation(logic.run_repropagation(request), request, volume_node, edited.node)
     result = segment_mask(edited.node, edited.left, volume_node)
     np.testing.assert_array_equal(result[:, :, 25], painted[:, :, 25])
-    assert not result[:, :, 26:].any()  # nothing blends towards the cleared slice
+    assert not result[:, :, 26:29].any()  # nothing blends towards the cleared slice
+    np.testing.assert_array_equal(result[:, :, 29:], painted[:, :, 29:])  # past the last edit: as it was
     assert _tag(edited.node, edited.left, REPROPAGATION_TAGS[0]) == "k:20,25,28"
 
 
@@ -221,5 +224,7 @@ def test_left_lung_repropagated_from_three_reference_slices(app, logic, volume_n
         np.testing.assert_array_equal(result[:, :, index], reference[:, :, index])
     others = np.setdiff1d(np.arange(low, high + 1), anchors)
     assert dice(result[:, :, others], reference[:, :, others]) >= 0.9  # 0.964 measured
-    assert not result[:, :, :low].any() and not result[:, :, high + 1:].any()  # the ROI bounds it
+    # the ROI bounds it: the slices outside keep the model result
+    np.testing.assert_array_equal(result[:, :, :low], wrong[:, :, :low])
+    np.testing.assert_array_equal(result[:, :, high + 1:], wrong[:, :, high + 1:])
     assert [_tag(output, segment_id, key) for key in REPROPAGATION_TAGS] == ["k:15,19,23", "combined"]

@@ -171,6 +171,8 @@ class RepropagationRequest:
     structure: str
     anchors: dict[int, np.ndarray]
     digest: str
+    previous: np.ndarray | None = None
+    """The segment's (I, J, K) mask when read: the slices re-propagation does not reach keep it."""
     axis: str = "k"
     box: Box3D | None = None
     mode: str = "combined"
@@ -429,14 +431,14 @@ class MedSegAdaptLogic:
         box, _ = prompts_from_nodes(volume_node, roi_node)
         anchors = {index: image.copy() for index, image in zip(edited, take_slices(mask, number, edited))}
         return RepropagationRequest(volume_from_node(volume_node), segment_id, structure, anchors, mask_digest(mask),
-                                    AXIS_NAMES[number], box, mode, modality)
+                                    mask, AXIS_NAMES[number], box, mode, modality)
 
     def run_repropagation(self, request: RepropagationRequest, progress: ProgressCallback | None = None):
         """Re-propagate the segment from its edited slices (the library's ``Segmenter.repropagate``); returns
         its ``SegmentationOutcome``, whose mask keeps every edited slice as drawn. Any thread."""
         outcome = self._loaded_segmenter(progress).repropagate(
             request.volume, request.structure, request.anchors, request.box, request.modality, progress,
-            axis=axis_number(request.axis), mode=request.mode)
+            axis=axis_number(request.axis), mode=request.mode, previous=request.previous)
         self.last_outcome = outcome
         return outcome
 

@@ -105,10 +105,12 @@ class Segmenter:
 
     def repropagate(self, volume: Volume, structure: str, anchors: dict[int, np.ndarray], box: Box3D | None = None,
                     modality: str = "auto", progress: ProgressCallback | None = None, *, axis: int = DEFAULT_AXIS,
-                    options: PropagationOptions | None = None, mode: str = "combined") -> SegmentationOutcome:
+                    options: PropagationOptions | None = None, mode: str = "combined",
+                    previous: np.ndarray | None = None) -> SegmentationOutcome:
         """Segment `structure` from annotated slices (anchors: slice index along `axis` -> (H, W) bool mask,
         kept as drawn), optionally within `box`; mode: one of inference.anchored.REPROPAGATION_MODES
-        ('interpolation' runs no network)."""
+        ('interpolation' runs no network). previous: the (I, J, K) bool segmentation the anchors correct;
+        the slices re-propagation did not reach (outside the anchors' span and the chains' slices) keep it."""
         from MedSegAdaptLib.inference.anchored import (
             REPROPAGATION_MODES,
             combine_with_interpolation,
@@ -132,9 +134,47 @@ class Segmenter:
             propagation = propagate_from_anchors(VolumePropagator(encoder, options), anchors, box, progress)
         mask = (combine_with_interpolation(propagation.mask, interpolated, sorted(anchors), axis) if mode == "combined"
                 else propagation.mask)
+        if previous is not None:
+            mask = _keep_unreached(mask, previous, axis, sorted(anchors), propagation.slice_iou)
         # no largest_component here: every annotated slice is kept as drawn, even a separate part
         return SegmentationOutcome(mask, modality, reason, preset, propagation, time.perf_counter() - started,
                                    encoder.encoded_count - encoded_before, None, options)
+
+    def refine(self, volume: Volume, structure: str, previous: np.ndarray, index: int,
+               points: tuple[Point3D, ...] | list[Point3D] = (), rect: np.ndarray | None = None,
+               box: Box3D | None = None, modality: str = "auto", progress: ProgressCallback | None = None, *,
+               axis: int = DEFAULT_AXIS, options: PropagationOptions | None = None, keep: tuple[int, ...] = (),
+               propagate: bool = True, intensity_cut: bool = True):
+        """Edit slice `index` (along `axis`) of the (I, J, K) bool `previous` segmentation of `structure` with
+        points on it and/or a corrected box rect (x0, y0, x1, y1), re-propagating until the change dies out
+        (inference.refinement.refine_slice; keep: annotated slices never changed; propagate False: the edited
+        slice only; intensity_cut: as segment()'s, on the decoded slices). A RefinementResult."""
+        from MedSegAdaptLib.inference.refinement import changed_slices, refine_slice
+
+        modality, _ = resolve_modality(modality, volume.array, volume.modality_hint)
+        tokens = None
+        if self.backbone.priors is not None:
+            self.guidance.check(self.backbone)
+            tokens = self.guidance.tokens(self.guidance.parse(structure, modality, structure))
+        propagator = VolumePropagator(self.encoder_for(volume, preset_for(structure, modality), axis),
+                                      options or self.options_for(structure), tokens)
+        result = refine_slice(propagator, previous, index, points, rect, box, keep, progress, propagate)
+        if intensity_cut:  # as segment() cuts, on the slices decoded again only
+            cut = self._intensity_cut(result.mask, volume, structure, modality)
+            span = [slice(None)] * 3
+            span[axis] = result.decoded
+            result.mask[tuple(span)] = cut[tuple(span)]
+            result.changed = changed_slices(result.mask, previous, axis)
+        return result
+
+    @staticmethod
+    def _intensity_cut(mask: np.ndarray, volume: Volume, structure: str, modality: str) -> np.ndarray:
+        """On CT, (I, J, K) `mask` without the voxels far outside the structure's expected HU (not for bone;
+        inference.intensity_cut); `mask` itself when nothing applies."""
+        entry = KnowledgeBase.load().find_in_text(structure)
+        if modality != "ct" or entry is None or entry.category == "bone":
+            return mask
+        return cut_to_expected_hu(mask, volume.array, entry.hu_ranges())
 
     def segment(self, volume: Volume, structure: str | None, box: Box3D | None = None,
                 points: tuple[Point3D, ...] | list[Point3D] = (), modality: str = "auto",
@@ -182,9 +222,21 @@ class Segmenter:
         else:
             propagation = propagator.run(box, points, progress)
         mask = propagation.mask
-        if intensity_cut and modality == "ct" and entry is not None and entry.category != "bone":
-            mask = cut_to_expected_hu(mask, volume.array, entry.hu_ranges())
-            if options.largest_component:
+        if intensity_cut:
+            mask = self._intensity_cut(mask, volume, structure, modality)
+            if options.largest_component and mask is not propagation.mask:
                 mask = largest_component(mask)
         return SegmentationOutcome(mask, modality, reason, preset, propagation,
                                    time.perf_counter() - started, encoder.encoded_count - encoded_before, parsed, options)
+
+
+def _keep_unreached(mask: np.ndarray, previous: np.ndarray, axis: int, anchors: list[int], decoded) -> np.ndarray:
+    """(I, J, K) bool: `mask` on the anchors' span and the decoded slices, `previous` on every other slice."""
+    if previous.shape != mask.shape:
+        raise InputError(f"the segmentation to re-propagate has shape {previous.shape}, the volume {mask.shape}")
+    reached = np.zeros(mask.shape[axis], dtype=bool)
+    reached[anchors[0]:anchors[-1] + 1] = True
+    reached[list(decoded)] = True
+    merged = np.moveaxis(previous.copy(), axis, 0)
+    merged[reached] = np.moveaxis(mask, axis, 0)[reached]
+    return np.moveaxis(merged, 0, axis)
