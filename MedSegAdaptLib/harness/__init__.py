@@ -7,9 +7,12 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "PROMPT_KINDS": "real_cases",
     "RealTarget": "real_cases",
     "ReportResult": "report_cases",
+    "corrected_box": "simulated_edits",
+    "corrective_click": "simulated_edits",
     "evaluate_report": "report_cases",
     "report_phrasings": "report_cases",
     "evaluate_target": "real_cases",
     "real_targets": "real_cases",
     "reference_prompt": "real_cases",
+    "worst_slice": "simulated_edits",
 })

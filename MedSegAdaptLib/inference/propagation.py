@@ -268,7 +268,7 @@ class VolumePropagator:
         logits, iou = self.predict_logits(index, None if rect is None else rect[None], points)
         return (logits[0] > 0).numpy(), float(iou[0])
 
-    def _point_start_rect(self, index: int, seeds: list[Point3D]) -> np.ndarray:
+    def point_start_rect(self, index: int, seeds: list[Point3D]) -> np.ndarray:
         """The start box (x0, y0, x1, y1) for foreground points on a box-only backbone. Regions of similar
         intensity connected to the seeds are grown at FLOOD_SCALES x `options.flood_tolerance` (of the
         slice's clipped range); each region's box plus the margin is decoded (one decoder call). Among the
@@ -344,7 +344,7 @@ class VolumePropagator:
         seeds = [p for p in points if p.label == 1 and p.ijk[axis] == start]
         if not self.encoder.backbone.spec.point_prompts:
             if box is None:
-                first_rect = self._point_start_rect(start, seeds)
+                first_rect = self.point_start_rect(start, seeds)
             points = []
         points_on = {k: [p for p in points if p.ijk[axis] == k] for k in {p.ijk[axis] for p in points}}
 
