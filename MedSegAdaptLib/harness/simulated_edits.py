@@ -28,9 +28,10 @@ def worst_slice(prediction: np.ndarray, reference: np.ndarray, axis: int, holdin
 
 
 def _deepest_point(region: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the pixel of an (H, W) bool region farthest from its outside."""
+    """(x, y) of the pixel of an (H, W) bool region farthest from its outside (beyond the image edge included)."""
+    padded = np.pad(region, 1).astype(np.uint8)
     depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
-        sitk.GetImageFromArray(region.astype(np.uint8)), insideIsPositive=True, squaredDistance=False, useImageSpacing=False))
+        sitk.GetImageFromArray(padded), insideIsPositive=True, squaredDistance=False, useImageSpacing=False))[1:-1, 1:-1]
     row, col = np.unravel_index(np.argmax(np.where(region, depth, -np.inf)), region.shape)
     return int(col), int(row)
 
