@@ -6,7 +6,11 @@ import pytest
 
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.evaluation.metrics import dice
-from MedSegAdaptLib.harness.simulated_edits import corrected_box, corrective_click, worst_slice
+from MedSegAdaptLib.harness.simulated_edits import (
+    corrected_box,
+    corrective_click,
+    worst_slice,
+)
 from MedSegAdaptLib.inference import Box3D
 from MedSegAdaptLib.inference.prompts import Point3D, mask_rect
 from MedSegAdaptLib.inference.refinement import changed_slices

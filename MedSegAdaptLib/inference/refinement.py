@@ -35,7 +35,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from MedSegAdaptLib.core.axes import nearest_slice, occupied_slices, put_slice, take_slices
+from MedSegAdaptLib.core.axes import (
+    nearest_slice,
+    occupied_slices,
+    put_slice,
+    take_slices,
+)
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.core.progress import ProgressCallback
 from MedSegAdaptLib.evaluation.metrics import dice
