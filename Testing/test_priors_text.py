@@ -11,7 +11,13 @@ import pytest
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.terminology import standard_names, standard_terminology
 from MedSegAdaptLib.knowledge.knowledge_base import normalize
-from MedSegAdaptLib.knowledge import KnowledgeBase, ParsedReport, parse_report
+from MedSegAdaptLib.knowledge import (
+    KnowledgeBase,
+    NamedStructure,
+    ParsedReport,
+    parse_report,
+    structures_named,
+)
 
 NODULE = "Right upper lobe: 14 mm spiculated nodule abutting the pleura"
 REQUIRED = [
@@ -168,6 +174,22 @@ def test_version_follows_the_content(tmp_path, kb, raw):
 
 
 # Report parser -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Right upper lobe: 14 mm spiculated nodule. The left lung is otherwise clear.",
+     [("lung nodule", "Right upper lobe: 14 mm spiculated nodule."), ("left lung", "The left lung is otherwise clear.")]),
+    # a sentence naming nothing continues the finding before; lines split too; '14.5 mm' stays whole;
+    # the same structure named again joins its first mention; a negated finding names nothing
+    ("FINDINGS:\nNodule of 14.5 mm in the RUL. It is spiculated.\nLiver: normal; no kidney cyst.\nIMPRESSION: RUL nodule.",
+     [("lung nodule", "Nodule of 14.5 mm in the RUL. It is spiculated. IMPRESSION: RUL nodule."),
+      ("liver", "Liver: normal; no kidney cyst.")]),
+    ("segment the left lung", [("left lung", "segment the left lung")]),
+    ("Unremarkable study.", []),
+])
+def test_structures_named_splits_a_report_by_structure(kb, text, expected):
+    assert structures_named(text, kb) == [NamedStructure(name, said) for name, said in expected]
+
 
 
 def test_nodule_report(kb):

@@ -7,8 +7,10 @@ from MedSegAdaptLib.core.lazy_exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "ATTRIBUTES": "knowledge_base",
     "KnowledgeBase": "knowledge_base",
+    "NamedStructure": "report_parser",
     "PRIORS": "knowledge_base",
     "ParsedReport": "report_parser",
     "Structure": "knowledge_base",
     "parse_report": "report_parser",
+    "structures_named": "report_parser",
 })

@@ -14,11 +14,11 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.modality import MODALITIES

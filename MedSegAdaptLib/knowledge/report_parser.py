@@ -17,10 +17,11 @@ import functools
 import json
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.modality import MODALITIES
@@ -31,7 +32,7 @@ from MedSegAdaptLib.knowledge.knowledge_base import (
     normalize,
 )
 
-__all__ = ["BOTH", "KNOWLEDGE_BASE", "REPORT", "ParsedReport", "parse_report"]
+__all__ = ["BOTH", "KNOWLEDGE_BASE", "REPORT", "NamedStructure", "ParsedReport", "parse_report", "structures_named"]
 
 REPORT = "report"
 KNOWLEDGE_BASE = "knowledge base"
@@ -121,6 +122,41 @@ def parse_report(
         knowledge_base_version=kb.version,
         **texts,
     )
+
+
+@dataclass(frozen=True)
+class NamedStructure:
+    """A structure a report names (its canonical name) and the report's sentences about it."""
+
+    structure: str
+    text: str
+
+
+_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\s*\n\s*")
+
+
+def structures_named(text: str, kb: KnowledgeBase | None = None) -> list[NamedStructure]:
+    """The known structures a report names, in order of first mention, each with its sentences.
+
+    The text is split into lines and sentences (at '.', ';', '!' or '?' followed by a space, so '14.5 mm'
+    stays whole); each sentence is about the structure :meth:`KnowledgeBase.find_in_text` finds in it (a
+    lesion before its host organ, negated clauses such as 'no effusion' ignored). A sentence that names
+    none ('It measures 14 mm.') continues the finding before it; one before any finding is dropped.
+    Sentences about the same structure are joined, so each structure appears once.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"Report text must be a string, got {type(text).__name__}")
+    kb = kb or KnowledgeBase.load()
+    sentences: dict[str, list[str]] = {}
+    current = None
+    for sentence in _SENTENCE_END.split(text.strip()):
+        if not sentence.strip():
+            continue
+        found = kb.find_in_text(sentence)
+        current = found.name if found is not None else current
+        if current is not None:
+            sentences.setdefault(current, []).append(sentence.strip())
+    return [NamedStructure(name, " ".join(parts)) for name, parts in sentences.items()]
 
 
 def _known(name: str, kb: KnowledgeBase) -> Structure | None:
