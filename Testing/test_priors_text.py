@@ -10,7 +10,6 @@ import pytest
 
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.io.terminology import standard_names, standard_terminology
-from MedSegAdaptLib.knowledge.knowledge_base import normalize
 from MedSegAdaptLib.knowledge import (
     KnowledgeBase,
     NamedStructure,
@@ -18,6 +17,7 @@ from MedSegAdaptLib.knowledge import (
     parse_report,
     structures_named,
 )
+from MedSegAdaptLib.knowledge.knowledge_base import normalize
 
 NODULE = "Right upper lobe: 14 mm spiculated nodule abutting the pleura"
 REQUIRED = [

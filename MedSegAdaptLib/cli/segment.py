@@ -1,8 +1,12 @@
-"""``medsegadapt segment IMAGE -o OUT.seg.nrrd``: one structure of a 3D image from a box, points, a report
-or no prompt.
+"""``medsegadapt segment IMAGE -o OUT.seg.nrrd``: structures of a 3D image from a box, points, a report
+or no prompt, into one .seg.nrrd.
 
 With a report and neither box nor points, the anatomical localiser finds the candidates the report
-describes (``--list`` prints them, ``--pick N`` segments another than the first).
+describes (``--list`` prints them, ``--pick N`` segments another than the first); a report naming several
+structures (knowledge.report_parser.structures_named) gets one segment each. ``--structure`` and
+``--box-ijk`` repeated, paired in order, segment several structures on one Segmenter, so the structures on
+one intensity preset share its slice embeddings. ``--refine PREVIOUS.seg.nrrd`` edits one slice of a
+previous segmentation with points or a box and re-propagates the change (Segmenter.refine).
 """
 from __future__ import annotations
 
@@ -33,13 +37,15 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", type=Path, help="NRRD/NHDR, NIfTI, MHA/MHD file or a DICOM series folder")
     add_series_option(parser)
     parser.add_argument("-o", "--output", type=Path, help="output .seg.nrrd (required unless --list)")
-    parser.add_argument("--structure",
+    parser.add_argument("--structure", action="append",
                         help="segment name; also picks the CT intensity window (lung, bone, soft tissue, brain); "
-                             "default: the structure the report names")
+                             "default: the structure(s) the report names; repeatable, one --box-ijk each, paired "
+                             "in order, for several structures in one output")
     report = parser.add_mutually_exclusive_group()
     report.add_argument("--report", help="report text or query, e.g. 'Right upper lobe: 14 mm spiculated nodule'")
     report.add_argument("--report-file", type=Path, help="a text file holding the report")
-    parser.add_argument("--box-ijk", help="3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices)")
+    parser.add_argument("--box-ijk", action="append", default=[],
+                        help="3D box i0,j0,k0,i1,j1,k1 (inclusive voxel indices); repeatable, one per --structure")
     parser.add_argument("--point-ijk", action="append", default=[],
                         help="point i,j,k[,label] with label 1 foreground (default) or 0 background; repeatable")
     parser.add_argument("--list", action="store_true",
@@ -58,6 +64,15 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repropagation", default="combined", choices=("combined", "anchored", "interpolation"),
                         help="with --anchors: chains from the anchors (anchored), shape-based interpolation between "
                              "them, or both united between the anchors (default: %(default)s)")
+    parser.add_argument("--refine", type=Path, metavar="PREVIOUS.seg.nrrd",
+                        help="edit one slice of this segmentation's --structure segment with --point-ijk and/or "
+                             "--edit-box-ijk on that slice and re-propagate the change until it dies out (--box-ijk: "
+                             "the 3D box bounding it); its other segments are copied unchanged into -o")
+    parser.add_argument("--edit-box-ijk",
+                        help="with --refine: the corrected box on the edited slice, i0,j0,k0,i1,j1,k1 one slice "
+                             "thick along --axis (e.g. k0 = k1)")
+    parser.add_argument("--only-this-slice", action="store_true",
+                        help="with --refine: change the edited slice only, no re-propagation")
     parser.add_argument("--modality", default="auto", choices=("auto", "ct", "mr"),
                         help="auto decides from the Modality tag or the intensities and says so (default: %(default)s)")
     parser.add_argument("--axis", default="k", choices=AXIS_NAMES, help="slicing axis (default: %(default)s, axial)")
@@ -88,15 +103,29 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InputError("give -o OUT.seg.nrrd (or --list to print a report's candidates)")
     if args.output is not None and not str(args.output).endswith(".seg.nrrd"):
         raise InputError(f"output {args.output} must end with .seg.nrrd")
-    box = Box3D.parse(args.box_ijk) if args.box_ijk else None
+    structures = args.structure or []
+    boxes = [Box3D.parse(text) for text in args.box_ijk]
     points = [Point3D.parse(text) for text in args.point_ijk]
     report = _read_report(args)
-    if args.structure is None and report is None:
+    if not structures and report is None:
         raise InputError("give --structure NAME, or a --report / --report-file that names the structure")
     if args.pick < 1:
         raise InputError(f"--pick {args.pick}: ranks start at 1")
-    volume = read_volume(args.image, args.series, notify=print_series_note)
     axis = axis_index(args.axis)
+    several = len(structures) > 1 or len(boxes) > 1
+    if several:
+        _check_several(args, structures, boxes, points, report)
+    if args.refine is not None:
+        edit_box, index = _check_refine(args, structures, boxes, points, report, axis)
+    elif args.edit_box_ijk is not None or args.only_this_slice:
+        raise InputError("--edit-box-ijk and --only-this-slice are for --refine PREVIOUS.seg.nrrd")
+    args.structure = structures[0] if len(structures) == 1 else None
+    box = boxes[0] if len(boxes) == 1 else None
+    volume = read_volume(args.image, args.series, notify=print_series_note)
+    if several:
+        return _run_several(args, volume, structures, boxes, axis)
+    if args.refine is not None:
+        return _refine(args, volume, points, edit_box, index, box, axis)
     report_only = (report is not None and box is None and not points and args.anchors is None
                    and args.anchor_slices is None)
     # The packaged weights have no priors and no prompt-free structures: a report alone needs no model to
@@ -130,6 +159,163 @@ def run_segment(args: argparse.Namespace) -> int:
     print(f"{name}: {int(outcome.mask.sum())} voxels on {len(occupied_slices(outcome.mask, axis))} "
           f"slices (decoded {slices[0]}..{slices[-1]}), {outcome.slices_encoded} slices encoded, {outcome.seconds:.1f} s")
     return _print_written(args.output, measurement)
+
+
+def _check_several(args: argparse.Namespace, structures: list[str], boxes, points, report) -> None:
+    """Several --structure / --box-ijk: one box per structure, and none of the one-structure options."""
+    if len(structures) != len(boxes):
+        raise InputError(f"{len(structures)} --structure and {len(boxes)} --box-ijk given: several structures need "
+                         "one --box-ijk each, paired in order (or one --structure with one box and/or points)")
+    if points:
+        raise InputError("--point-ijk is for one structure: with several --structure give one --box-ijk each")
+    if args.output is None:
+        raise InputError("give -o OUT.seg.nrrd for the structures' segments")
+    for option, given in (("--report/--report-file", report is not None), ("--refine", args.refine is not None),
+                          ("--anchors/--anchor-slices", args.anchors is not None or args.anchor_slices is not None),
+                          ("--list", args.list), ("--pick", args.pick != 1), ("--method", args.method != "auto")):
+        if given:
+            raise InputError(f"{option} is for one structure; several --structure with --box-ijk take none")
+    seen: dict[str, str] = {}
+    for name in structures:
+        if name.strip().casefold() in seen:
+            raise InputError(f"--structure {name!r} is given twice (as {seen[name.strip().casefold()]!r}); each "
+                             "structure becomes one segment of the output")
+        seen[name.strip().casefold()] = name
+
+
+def _run_several(args: argparse.Namespace, volume, structures: list[str], boxes, axis: int) -> int:
+    """Several structures, one box each, on one Segmenter (shared embeddings per intensity preset), one output."""
+    from MedSegAdaptLib.core.progress import TerminalProgress
+
+    for name, box in zip(structures, boxes):
+        box.validate(volume.array.shape)
+    segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
+    outcomes = []
+    progress = TerminalProgress()
+    try:
+        for name, box in zip(structures, boxes):
+            outcomes.append(segmenter.segment(volume, name, box, (), args.modality, progress, axis=axis,
+                                              options=_options(args, segmenter.options_for(name)),
+                                              intensity_cut=not args.no_intensity_cut))
+    finally:
+        progress.close()
+    measurements = _write_segments(args.output, volume, [(name, o.mask) for name, o in zip(structures, outcomes)])
+    summaries = [_summary(args.output, name, o.mask, axis, o.seconds, m)
+                 | {"preset": o.preset.key, "slices_encoded": o.slices_encoded}
+                 for name, o, m in zip(structures, outcomes, measurements)]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    print(f"modality: {outcomes[0].modality} ({outcomes[0].modality_reason})")
+    first_on: dict[str, str] = {}
+    for summary, outcome in zip(summaries, outcomes):
+        decoded = sorted(outcome.propagation.slice_iou)
+        shared = first_on.setdefault(outcome.preset.key, summary["structure"])
+        reuse = f", embeddings shared with {shared!r}" if shared != summary["structure"] else ""
+        print(f"{summary['structure']}: {summary['voxels']} voxels on {summary['slices']} slices (decoded "
+              f"{decoded[0]}..{decoded[-1]}), intensity preset {outcome.preset.key}, {outcome.slices_encoded} slices "
+              f"encoded{reuse}, {outcome.seconds:.1f} s")
+    return _print_written_several(args.output, structures, measurements)
+
+
+def _print_written_several(output: Path, names: list[str], measurements) -> int:
+    """Each lesion's line and the output path with its segment count; the command's exit status 0."""
+    for name, measurement in zip(names, measurements):
+        if measurement is not None:
+            print(f"lesion {name}: {measurement}")
+    print(f"wrote {output} ({len(names)} segments: {', '.join(names)})")
+    return 0
+
+
+def _check_refine(args: argparse.Namespace, structures: list[str], boxes, points, report, axis: int):
+    """--refine's arguments, before the image is read: (the edit box or None, the edited slice index)."""
+    from MedSegAdaptLib.inference import Box3D
+
+    if len(structures) != 1:
+        raise InputError("--refine needs one --structure NAME: the segment of the previous segmentation to refine")
+    if args.output is None:
+        raise InputError("--refine needs -o OUT.seg.nrrd")
+    if not points and args.edit_box_ijk is None:
+        raise InputError("--refine needs the edit: --point-ijk i,j,k[,label] ... and/or --edit-box-ijk on one slice")
+    for option, given in (("--report/--report-file", report is not None),
+                          ("--anchors/--anchor-slices", args.anchors is not None or args.anchor_slices is not None),
+                          ("--list", args.list), ("--pick", args.pick != 1), ("--method", args.method != "auto"),
+                          ("a second --box-ijk", len(boxes) > 1)):
+        if given:
+            raise InputError(f"--refine takes no {option}")
+    name = AXIS_NAMES[axis]
+    edit_box = Box3D.parse(args.edit_box_ijk) if args.edit_box_ijk is not None else None
+    on = {point.ijk[axis] for point in points}
+    if edit_box is not None:
+        if edit_box.lo[axis] != edit_box.hi[axis]:
+            raise InputError(f"--edit-box-ijk {args.edit_box_ijk} must be one slice thick along --axis {name} "
+                             f"({name}0 = {name}1), not {name} {edit_box.lo[axis]}..{edit_box.hi[axis]}")
+        on.add(edit_box.lo[axis])
+    if len(on) > 1:
+        raise InputError(f"the --point-ijk points and --edit-box-ijk of one edit must lie on one slice along --axis "
+                         f"{name}; they are on {name} = {', '.join(map(str, sorted(on)))}")
+    return edit_box, on.pop()
+
+
+def _refine(args: argparse.Namespace, volume, points, edit_box, index: int, box, axis: int) -> int:
+    """`--refine PREVIOUS --structure NAME` with points and/or an edit box on one slice: that segment refined,
+    the others copied unchanged, all written to -o."""
+    from MedSegAdaptLib.core.progress import TerminalProgress
+    from MedSegAdaptLib.io import read_segmentation
+
+    shape = volume.array.shape
+    for point in points:
+        point.validate(shape)
+    if edit_box is not None:
+        edit_box.validate(shape)
+    if box is not None:
+        box.validate(shape)
+        low, high = box.slice_range(axis)
+        if not low <= index <= high:
+            raise InputError(f"the edited slice {AXIS_NAMES[axis]} = {index} is outside --box-ijk's slices {low}..{high}")
+    previous = read_segmentation(args.refine)
+    if not previous.geometry.matches(volume.geometry):
+        raise InputError(f"{args.refine} does not lie on the image's voxel grid: "
+                         f"{previous.geometry.describe_mismatch(volume.geometry)}")
+    segment = previous.get(args.structure)
+    segmenter = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
+    progress = TerminalProgress()
+    try:
+        result = segmenter.refine(volume, segment.name, segment.mask, index, points,
+                                  edit_box.rect(axis) if edit_box is not None else None, box, args.modality, progress,
+                                  axis=axis, options=_options(args, segmenter.options_for(segment.name)),
+                                  propagate=not args.only_this_slice, intensity_cut=not args.no_intensity_cut)
+    finally:
+        progress.close()
+    measurement = _write_refined(args.output, volume, previous, segment, result.mask)
+    kept = [other.name for other in previous.segments if other is not segment]
+    summary = _summary(args.output, segment.name, result.mask, axis, result.seconds, measurement) | {
+        "refined": str(args.refine), "axis": AXIS_NAMES[axis], "edited_slice": result.index,
+        "changed_slices": result.changed, "decoded_slices": result.decoded,
+        "stopped_because": result.stopped_because, "kept_unchanged": kept}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    name = AXIS_NAMES[axis]
+    print(f"{segment.name}: edited slice {name} = {result.index} of {args.refine}; changed slices "
+          f"{_ranges(result.changed) or 'none'}; decoded {len(result.decoded)} slices; "
+          f"{summary['voxels']} voxels on {summary['slices']} slices, {result.seconds:.1f} s")
+    for way, reason in result.stopped_because.items():
+        print(f"  {way}: {reason}")
+    if kept:
+        print(f"kept unchanged: {', '.join(kept)}")
+    return _print_written(args.output, measurement)
+
+
+def _ranges(indices: list[int]) -> str:
+    """Ascending slice indices as runs: [3, 4, 5, 9] -> '3..5, 9'."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ", ".join(f"{low}..{high}" if high > low else str(low) for low, high in runs)
 
 
 def _repropagate(args: argparse.Namespace, volume, segmenter, box, points, axis: int, options) -> int:
@@ -180,12 +366,37 @@ def _print_written(output: Path, measurement) -> int:
 
 def _write(output: Path, volume, name: str, mask):
     """Write one segment (with its lesion measurement as tags) to `output`; the measurement or None."""
+    return _write_segments(output, volume, [(name, mask)])[0]
+
+
+def _measured(volume, name: str, mask):
+    """(a Segment of `mask` with its lesion measurement as tags, the measurement or None)."""
     from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
-    from MedSegAdaptLib.io import Segment, Segmentation, write_segmentation
+    from MedSegAdaptLib.io import Segment
 
     measurement = measure_if_lesion(name, mask, volume.geometry)
-    tags = measurement.as_tags() if measurement is not None else {}
-    write_segmentation(output, Segmentation(volume.geometry, [Segment(name, mask, tags=tags)]))
+    return Segment(name, mask, tags=measurement.as_tags() if measurement is not None else {}), measurement
+
+
+def _write_segments(output: Path, volume, named: list) -> list:
+    """Write one segment per (name, mask), each lesion with its measurement as tags, to `output`; the
+    measurements (None for the structures that are not lesions)."""
+    from MedSegAdaptLib.io import Segmentation, write_segmentation
+
+    measured = [_measured(volume, name, mask) for name, mask in named]
+    write_segmentation(output, Segmentation(volume.geometry, [segment for segment, _ in measured]))
+    return [measurement for _, measurement in measured]
+
+
+def _write_refined(output: Path, volume, previous, segment, mask):
+    """`previous` with `segment`'s mask replaced (its colour, terminology and tags kept, a lesion's
+    measurement tags updated) and every other segment as it was, written to `output`; the measurement."""
+    from MedSegAdaptLib.io import Segmentation, write_segmentation
+
+    measured, measurement = _measured(volume, segment.name, mask)
+    refined = replace(segment, mask=mask, tags=segment.tags | measured.tags)
+    write_segmentation(output, Segmentation(volume.geometry, [refined if other is segment else other
+                                                               for other in previous.segments]))
     return measurement
 
 
@@ -203,11 +414,16 @@ def _write_report_result(args: argparse.Namespace, volume, found, axis: int) -> 
         print(json.dumps(found.to_dict() | _summary(args.output, name, found.mask, axis, found.seconds, measurement),
                          indent=2))
         return 0
+    print(_candidate_line(name, found, axis))
+    return _print_written(args.output, measurement)
+
+
+def _candidate_line(name: str, found, axis: int) -> str:
+    """'NAME: N voxels on M slices (how), seconds' of a segmented candidate."""
     how = (f"backbone from the box, decoder steered by {found.steered_by}" if found.method == "backbone"
            else "the localiser's own mask")
-    print(f"{name}: {int(found.mask.sum())} voxels on {len(occupied_slices(found.mask, axis))} slices ({how}), "
-          f"{found.seconds:.1f} s")
-    return _print_written(args.output, measurement)
+    return (f"{name}: {int(found.mask.sum())} voxels on {len(occupied_slices(found.mask, axis))} slices ({how}), "
+            f"{found.seconds:.1f} s")
 
 
 def _options(args: argparse.Namespace, options):
@@ -229,10 +445,15 @@ def _run_report(args: argparse.Namespace, volume, report: str, axis: int, segmen
         segment_candidate,
     )
     from MedSegAdaptLib.inference.segmenter import Segmenter
+    from MedSegAdaptLib.knowledge.report_parser import structures_named
 
     started = time.perf_counter()
     guidance = segmenter.guidance if segmenter is not None else PriorGuidance()
     has_priors = segmenter is not None and segmenter.backbone.priors is not None
+    if args.structure is None:
+        named = structures_named(report, guidance.knowledge_base)
+        if len(named) > 1:
+            return _run_report_several(args, volume, named, axis, segmenter, guidance, has_priors)
     found = find_candidates(guidance, volume, report, args.structure, args.modality, has_priors)
     if not args.list:
         options = _options(args, Segmenter.options_for(found.report.structure))
@@ -252,6 +473,73 @@ def _run_report(args: argparse.Namespace, volume, report: str, axis: int, segmen
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
     return 0
+
+
+def _run_report_several(args: argparse.Namespace, volume, named, axis: int, segmenter, guidance, has_priors) -> int:
+    """A report naming several structures and no box or points: each one's first candidate (from its own
+    sentences) segmented into one output, one segment each; a structure the localiser cannot find is
+    reported and skipped (an error only when none can be found)."""
+    from MedSegAdaptLib.core.progress import TerminalProgress
+    from MedSegAdaptLib.inference.report_segmentation import (
+        find_candidates,
+        segment_candidate,
+    )
+    from MedSegAdaptLib.inference.segmenter import Segmenter
+
+    if args.pick != 1:
+        raise InputError(f"--pick is for a report naming one structure; this one names {len(named)}: "
+                         f"{', '.join(item.structure for item in named)}")
+    located, missed = [], []
+    for item in named:
+        try:
+            located.append((item, find_candidates(guidance, volume, item.text, item.structure, args.modality,
+                                                  has_priors)))
+        except InputError as error:
+            missed.append((item, str(error)))
+    if not located:
+        raise InputError("none of the structures the report names could be found: "
+                         + "; ".join(f"{item.structure}: {reason}" for item, reason in missed))
+    loaded = [segmenter]
+
+    def shared_segmenter():
+        if loaded[0] is None:
+            loaded[0] = load_segmenter(args, args.cache_dir, text_encoder=args.text_encoder)
+        return loaded[0]
+
+    results = []
+    if not args.list:
+        progress = TerminalProgress()
+        try:
+            for item, found in located:
+                options = _options(args, Segmenter.options_for(item.structure))
+                results.append(segment_candidate(found, 0, volume, item.text, shared_segmenter, progress, args.method,
+                                                 axis=axis, options=options, intensity_cut=not args.no_intensity_cut))
+        finally:
+            progress.close()
+    else:
+        results = [found for _, found in located]
+    names = [found.report.structure for found in results]
+    measurements = (_write_segments(args.output, volume, [(n, found.mask) for n, found in zip(names, results)])
+                    if not args.list else [None] * len(results))
+    if args.json:
+        entries = [{"report_text": item.text} | found.to_dict()
+                   | (_summary(args.output, name, found.mask, axis, found.seconds, measurement) if not args.list else {})
+                   for (item, _), found, name, measurement in zip(located, results, names, measurements)]
+        entries += [{"report_text": item.text, "structure": item.structure, "not_found": reason}
+                    for item, reason in missed]
+        print(json.dumps(entries, indent=2))
+        return 0
+    print(f"the report names {len(named)} structures: {', '.join(item.structure for item in named)}")
+    for (item, _), found, measurement in zip(located, results, measurements):
+        print(f"{found.report.structure} (from {item.text!r}):")
+        _print_candidates(found)
+        if not args.list:
+            print(_candidate_line(found.report.structure, found, axis))
+    for item, reason in missed:
+        print(f"{item.structure} (from {item.text!r}): not segmented: {reason}")
+    if args.list:
+        return 0
+    return _print_written_several(args.output, names, measurements)
 
 
 def _print_candidates(found) -> None:
