@@ -26,14 +26,17 @@ __all__ = ["add_segment_parser", "run_segment"]
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `segment` command to the main command's subparsers."""
     parser = subparsers.add_parser(
-        "segment", help="segment one structure of a 3D image from a box, points, a report, or no prompt",
+        "segment", help="segment structures of a 3D image from boxes, points, a report, or no prompt",
         description="Segment a structure slice by slice from a 3D box and/or points (Slicer IJK voxel "
                     "indices), propagating from the middle slice outwards, and write a .seg.nrrd. A report "
                     "or query (--report) names the structure and, with a checkpoint fine-tuned with MedSeg-R "
                     "priors, steers the model with its location, texture and shape. Without box and points, "
                     "the report alone is enough: the anatomical localiser finds the region it names and ranks "
                     "the candidates there (--list prints them, --pick N segments the N-th); a checkpoint "
-                    "fine-tuned prompt-free on the structure segments every slice instead.")
+                    "fine-tuned prompt-free on the structure segments every slice instead. A report naming "
+                    "several structures gets one segment each, and --structure with --box-ijk repeated (paired "
+                    "in order) segments several structures into one output. --refine PREVIOUS.seg.nrrd edits one "
+                    "slice of a segmentation with points or a box and re-propagates the change.")
     parser.add_argument("image", type=Path, help="NRRD/NHDR, NIfTI, MHA/MHD file or a DICOM series folder")
     add_series_option(parser)
     parser.add_argument("-o", "--output", type=Path, help="output .seg.nrrd (required unless --list)")
