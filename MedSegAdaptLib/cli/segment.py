@@ -64,6 +64,10 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a .seg.nrrd holding the structure's segment on the annotated slices (--anchor-slices): "
                              "those slices are kept as drawn and every other slice is re-propagated from them")
     parser.add_argument("--anchor-slices", help="the annotated slices of --anchors, AXIS:N,N,... e.g. k:13,20,26")
+    parser.add_argument("--store", type=Path,
+                        help="instead of --anchors: the fine-tuning store whose latest correction of --structure on "
+                             "--case-id gives the annotated slices (a partial correction, along --axis)")
+    parser.add_argument("--case-id", help="with --store: the case the image is")
     parser.add_argument("--repropagation", default="combined", choices=("combined", "anchored", "interpolation"),
                         help="with --anchors: chains from the anchors (anchored), shape-based interpolation between "
                              "them, or both united between the anchors (default: %(default)s)")
@@ -129,8 +133,8 @@ def run_segment(args: argparse.Namespace) -> int:
         return _run_several(args, volume, structures, boxes, axis)
     if args.refine is not None:
         return _refine(args, volume, points, edit_box, index, box, axis)
-    report_only = (report is not None and box is None and not points and args.anchors is None
-                   and args.anchor_slices is None)
+    anchored = any(value is not None for value in (args.anchors, args.anchor_slices, args.store, args.case_id))
+    report_only = report is not None and box is None and not points and not anchored
     # The packaged weights have no priors and no prompt-free structures: a report alone needs no model to
     # find its candidates, and a whole structure's own mask none to be segmented.
     segmenter = None
@@ -142,7 +146,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InputError("--list, --pick and --method are for a report's candidates: give --report without a box or "
                          "points")
     options = _options(args, segmenter.options_for(args.structure or report))
-    if args.anchors is not None or args.anchor_slices is not None:
+    if anchored:
         return _repropagate(args, volume, segmenter, box, points, axis, options)
     progress = TerminalProgress()
     try:
@@ -174,7 +178,8 @@ def _check_several(args: argparse.Namespace, structures: list[str], boxes, point
     if args.output is None:
         raise InputError("give -o OUT.seg.nrrd for the structures' segments")
     for option, given in (("--report/--report-file", report is not None), ("--refine", args.refine is not None),
-                          ("--anchors/--anchor-slices", args.anchors is not None or args.anchor_slices is not None),
+                          ("--anchors/--anchor-slices/--store", args.anchors is not None or args.anchor_slices is not None
+                           or args.store is not None),
                           ("--list", args.list), ("--pick", args.pick != 1), ("--method", args.method != "auto")):
         if given:
             raise InputError(f"{option} is for one structure; several --structure with --box-ijk take none")
@@ -241,7 +246,8 @@ def _check_refine(args: argparse.Namespace, structures: list[str], boxes, points
     if not points and args.edit_box_ijk is None:
         raise InputError("--refine needs the edit: --point-ijk i,j,k[,label] ... and/or --edit-box-ijk on one slice")
     for option, given in (("--report/--report-file", report is not None),
-                          ("--anchors/--anchor-slices", args.anchors is not None or args.anchor_slices is not None),
+                          ("--anchors/--anchor-slices/--store", args.anchors is not None or args.anchor_slices is not None
+                           or args.store is not None),
                           ("--list", args.list), ("--pick", args.pick != 1), ("--method", args.method != "auto"),
                           ("a second --box-ijk", len(boxes) > 1)):
         if given:
@@ -322,25 +328,17 @@ def _ranges(indices: list[int]) -> str:
 
 
 def _repropagate(args: argparse.Namespace, volume, segmenter, box, points, axis: int, options) -> int:
-    """`--anchors FILE --anchor-slices AXIS:N,...`: the annotated slices kept, the others re-propagated."""
-    from MedSegAdaptLib.core.axes import AXIS_NAMES, take_slices
+    """`--anchors FILE --anchor-slices AXIS:N,...` or `--store STORE --case-id ID`: the annotated slices kept,
+    the others re-propagated."""
+    from MedSegAdaptLib.core.axes import take_slices
     from MedSegAdaptLib.core.progress import TerminalProgress
-    from MedSegAdaptLib.io import read_segmentation
-    from MedSegAdaptLib.store.slices import check_slices, parse_slices
 
-    if args.anchors is None or args.anchor_slices is None or args.structure is None:
-        raise InputError("re-propagation needs --structure NAME, --anchors FILE.seg.nrrd and --anchor-slices AXIS:N,...")
-    if points or args.output is None:
-        raise InputError("re-propagation takes no --point-ijk and needs -o OUT.seg.nrrd")
-    slices = check_slices(parse_slices([args.anchor_slices]), volume.array.shape)
-    if list(slices) != [AXIS_NAMES[axis]]:
-        raise InputError(f"--anchor-slices {args.anchor_slices!r} must be along the slicing axis --axis {AXIS_NAMES[axis]}")
-    drawn = read_segmentation(args.anchors)
-    if not drawn.geometry.matches(volume.geometry):
-        raise InputError(f"{args.anchors} does not lie on the image's voxel grid: "
-                         f"{drawn.geometry.describe_mismatch(volume.geometry)}")
-    mask = drawn.get(args.structure).mask
-    indices = slices[AXIS_NAMES[axis]]
+    if args.structure is None or points or args.output is None:
+        raise InputError("re-propagation needs --structure NAME and -o OUT.seg.nrrd, and takes no --point-ijk")
+    if args.store is not None:
+        mask, indices, source = _anchors_from_store(args, volume, axis)
+    else:
+        mask, indices, source = _anchors_from_file(args, volume, axis)
     anchors = dict(zip(indices, take_slices(mask, axis, indices)))
     progress = TerminalProgress()
     try:
@@ -351,12 +349,58 @@ def _repropagate(args: argparse.Namespace, volume, segmenter, box, points, axis:
     measurement = _write(args.output, volume, args.structure, outcome.mask)
     summary = _summary(args.output, args.structure, outcome.mask, axis, outcome.seconds, measurement)
     if args.json:
-        print(json.dumps(summary | {"anchor_slices": indices, "mode": args.repropagation}, indent=2))
+        print(json.dumps(summary | {"anchor_slices": indices, "anchors_from": source, "mode": args.repropagation},
+                         indent=2))
         return 0
     print(f"{args.structure}: {summary['voxels']} voxels on {summary['slices']} slices, re-propagated ({args.repropagation}) "
-          f"from the annotated slices {', '.join(map(str, indices))} (kept as drawn), {outcome.seconds:.1f} s")
+          f"from the annotated slices {', '.join(map(str, indices))} of {source} (kept as drawn), {outcome.seconds:.1f} s")
     print(f"wrote {args.output}")
     return 0
+
+
+def _anchors_from_file(args: argparse.Namespace, volume, axis: int):
+    """(I, J, K) mask, annotated slice indices and a description, from --anchors FILE --anchor-slices AXIS:N,..."""
+    from MedSegAdaptLib.io import read_segmentation
+    from MedSegAdaptLib.store.slices import check_slices, parse_slices
+
+    if args.anchors is None or args.anchor_slices is None or args.case_id is not None:
+        raise InputError("re-propagation needs --anchors FILE.seg.nrrd with --anchor-slices AXIS:N,..., or --store "
+                         "STORE with --case-id ID")
+    slices = check_slices(parse_slices([args.anchor_slices]), volume.array.shape)
+    if list(slices) != [AXIS_NAMES[axis]]:
+        raise InputError(f"--anchor-slices {args.anchor_slices!r} must be along the slicing axis --axis {AXIS_NAMES[axis]}")
+    drawn = read_segmentation(args.anchors)
+    if not drawn.geometry.matches(volume.geometry):
+        raise InputError(f"{args.anchors} does not lie on the image's voxel grid: "
+                         f"{drawn.geometry.describe_mismatch(volume.geometry)}")
+    return drawn.get(args.structure).mask, slices[AXIS_NAMES[axis]], str(args.anchors)
+
+
+def _anchors_from_store(args: argparse.Namespace, volume, axis: int):
+    """(I, J, K) mask, annotated slice indices and a description, from the latest correction of --structure on
+    --case-id in --store (a partial correction along --axis; the image must be that case's)."""
+    from MedSegAdaptLib.io import read_volume
+    from MedSegAdaptLib.store import FineTuningStore
+
+    if args.anchors is not None or args.anchor_slices is not None or args.case_id is None:
+        raise InputError("--store takes --case-id ID (the image's case), and no --anchors / --anchor-slices")
+    with FineTuningStore(args.store) as store:
+        case = store.case(args.case_id)
+        corrections = [label for label in store.history(case.case_id, args.structure) if label.kind == "correction"]
+        if not corrections:
+            raise InputError(f"case {case.case_id!r} in {args.store} has no correction of {args.structure!r} yet: "
+                             "submit one (medsegadapt store submit) or give --anchors")
+        latest = corrections[-1]
+        if not case.geometry.matches(volume.geometry):
+            raise InputError(f"{args.image} is not case {case.case_id!r} of {args.store}: "
+                             f"{case.geometry.describe_mismatch(volume.geometry)}")
+        slices = (latest.annotated_slices or {}).get(AXIS_NAMES[axis])
+        if not slices:
+            raise InputError(f"the latest correction of {args.structure!r} on {case.case_id!r} (version {latest.version}) "
+                             + ("covers the whole volume: there is nothing to re-propagate" if latest.annotated_slices
+                                is None else f"has no annotated slices along --axis {AXIS_NAMES[axis]}"))
+        mask = read_volume(latest.file).array != 0
+    return mask, sorted(slices), f"correction version {latest.version} of {case.case_id!r} in {args.store}"
 
 
 def _print_written(output: Path, measurement) -> int:
