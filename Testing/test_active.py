@@ -274,6 +274,16 @@ def test_store_refuses_unknown_names_and_a_whole_volume_correction(store, sugges
         suggest_from_store(store, CASE, STRUCTURE, 2, suggester)
 
 
+def test_cold_start_takes_the_box_from_the_localiser_or_says_a_box_is_needed(tmp_path, volume, suggester, left_lung):
+    with FineTuningStore.init(tmp_path / "empty") as empty:
+        empty.add_image(volume, CASE, modality="ct")  # nothing drawn yet: where do I begin?
+        suggestions = suggest_from_store(empty, CASE, STRUCTURE, 2, suggester, options=FAST)
+        occupied = np.flatnonzero(left_lung.any(axis=(0, 1)))
+        assert len(suggestions) == 2 and all(occupied[0] <= s.index <= occupied[-1] for s in suggestions)
+        with pytest.raises(InputError, match="has no label of 'white matter' yet.*localiser cannot place it.*--box-ijk"):
+            suggest_from_store(empty, CASE, "white matter", 2, suggester)
+
+
 # --- command line -----------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "check_budget",
     "explain_scores",
     "labeling_extent",
+    "localised_box",
     "prompt_box",
     "score_slices",
     "segment_for_scoring",
@@ -317,16 +318,20 @@ def suggest_from_store(store: FineTuningStore, case_id: str, structure: str, bud
     the `annotated` ones.
 
     Without a box, the prompt is the bounding box (+2 voxels) of the latest prediction or correction of
-    `structure`. InputError for an unknown case, for a structure the case has no label of when no prompt
-    is given, and when a whole-volume correction leaves nothing to suggest.
+    `structure`; on a case with no label of it yet (the cold start), the box of the anatomical localiser's
+    top candidate for it (localised_box). InputError for an unknown case, for a structure the case has no
+    label of that the localiser cannot place either when no prompt is given, and when a whole-volume
+    correction leaves nothing to suggest.
     """
     budget = check_budget(budget)
     case = store.case(case_id)
+    volume = None
     try:
         labels = store.history(case.case_id, structure)
-    except InputError:
+    except InputError as missing:
         if box is None and not points:
-            raise
+            volume = read_volume(case.image)
+            box = localised_box(volume, structure, case.modality or "auto", case.case_id, missing)
         labels = []
     whole = whole_volume_label(labels)
     if whole is not None:
@@ -336,5 +341,24 @@ def suggest_from_store(store: FineTuningStore, case_id: str, structure: str, bud
                                   for i in label.annotated_slices.get(AXIS_NAMES[axis], [])}
     if box is None:
         box = prompt_box(labels)
-    return suggest_slices(segmenter, read_volume(case.image), structure, budget, box, points, annotated,
+    return suggest_slices(segmenter, volume or read_volume(case.image), structure, budget, box, points, annotated,
                           adapted_segmenter, axis, seed, case.modality or "auto", options, case.case_id, progress)
+
+
+def localised_box(volume: Volume, structure: str, modality: str, case_id: str, missing: InputError) -> Box3D:
+    """The cold start of a case with no label of `structure`: the box of the anatomical localiser's top
+    candidate for it (no network runs). InputError saying a box is needed when the localiser cannot place
+    it (`missing`: why the store had no label)."""
+    from MedSegAdaptLib.inference.report_guidance import PriorGuidance
+    from MedSegAdaptLib.inference.report_segmentation import (
+        candidate_box,
+        find_candidates,
+    )
+
+    try:
+        found = find_candidates(PriorGuidance(), volume, structure, structure, modality)
+    except InputError as error:
+        raise InputError(f"case {case_id!r} has no label of {structure!r} yet ({missing}), and the anatomical "
+                         f"localiser cannot place it ({error}); give --box-ijk or --point-ijk around it, or "
+                         "segment it first") from error
+    return candidate_box(found.finding, 0)
