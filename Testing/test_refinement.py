@@ -76,16 +76,16 @@ def test_a_negative_click_on_a_false_blob_removes_it_from_the_neighbours_too(seg
     x1 = int(mask_rect(reference[:, :, EDITED].T)[2])
     centre = (x1 + 10, 64)
     rows, cols = np.ogrid[:reference.shape[0], :reference.shape[1]]
-    blob = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= 36  # a false blob beside the lung on 17..23
-    previous = reference.copy()
-    previous[:, :, 17:24] |= blob[:, :, None]
+    blob = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= 36
+    previous = segmenter.segment(volume, STRUCTURE, Box3D.around(reference, 5)).mask  # the model's result
+    previous[:, :, 17:24] |= blob[:, :, None]  # with a false blob beside the lung on 17..23
     result = segmenter.refine(volume, STRUCTURE, previous, EDITED, [Point3D((*centre, EDITED), 0)])
     assert not (result.mask[:, :, 17:24] & blob[:, :, None]).any(), "the blob survived on a slice"
     assert set(range(17, 24)) <= set(result.changed)
     untouched = np.setdiff1d(np.arange(reference.shape[2]), result.decoded)
     assert untouched.size > 15  # the change died out: most of the lung was not decoded again
     np.testing.assert_array_equal(result.mask[:, :, untouched], previous[:, :, untouched])
-    assert dice(result.mask, reference) >= 0.97  # the lung itself barely moves (0.988 measured)
+    assert dice(result.mask, reference) > dice(previous, reference)
 
     alone = segmenter.refine(volume, STRUCTURE, previous, EDITED, [Point3D((*centre, EDITED), 0)], propagate=False)
     assert alone.changed == [EDITED] and alone.decoded == [EDITED]

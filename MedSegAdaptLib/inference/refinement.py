@@ -2,19 +2,27 @@
 of an existing segmentation updates that slice, then its neighbours one after another until the change
 dies out; the untouched rest is not decoded again.
 
-The edit on its slice becomes a new box prompt (and, for backbones with point prompts, points). What moves
-to the neighbours is the change of the box, not the new mask: each neighbour is decoded from its own
-previous mask's box plus the margin, moved side by side as the edited slice's box moved (a chain seeded by
-a small edited mask at the end of a lung shrank every good slice after it). A neighbour the previous
-segmentation left empty is prompted from the new mask next to it, as propagation does, until a stopping
-rule (measured against the edited slice) says the structure ends; an edit that leaves the box where it
-was (a local erase, below) changes its own slice only. Each way, the run ends where the new mask
-agrees with the previous one (Dice >= SETTLED_DICE: the change has died out, the previous slices are kept
-from there), before a kept (annotated) slice, at the edge of the box or volume, or where the previous mask
-is present but the edited slice had none (an edit that adds the structure to an empty slice extends it
-outwards only).
+The edit on its slice becomes a new box prompt (and, for backbones with point prompts, points). Then, each
+way from the edited slice:
+- when the slice had a mask before, what moves to the neighbours is the change of the box, not the new
+  mask (a chain seeded by a small edited mask at the end of a lung shrank every good slice after it):
+  each neighbour is decoded from its own previous mask's box plus the margin, each side the edit pulled
+  in pulled in to the edited box's side, each side it pushed out pushed out to it (moving the sides by
+  the same amount instead cut brain1's neighbours: 0.619 on the redrawn slice alone, 0.369 so). The run
+  ends at the first neighbour whose box the edit does not move, and at one whose new mask agrees less with
+  the slice before it than its previous mask did, counted where the box moved (without that check a click
+  on the thoracic column's worst slice cost 0.08 Dice); it ends too at a slice the structure did not reach
+  before (extending brain2's lesion from a click inside it cost 0.17 Dice), and at once when the edit left
+  the box where it was (a local erase, below);
+- when the slice was empty before (the edit adds the structure where it was missing), the run goes
+  outwards through the slices that were empty too, each prompted from the new mask next to it as
+  propagation does, until a stopping rule (measured against the edited slice) says the structure ends,
+  and stops at the first slice that had a mask.
+Both end where the new mask agrees with the previous one (Dice >= SETTLED_DICE: the change has died out),
+before a kept (annotated) slice, and at the edge of the box or volume; the previous slices are kept from
+there on.
 
-Box-only backbones (LiteMedSAM was trained with boxes alone) take points as box changes (`edit_rect`):
+Box-only backbones (LiteMedSAM was trained with boxes alone) take points as box changes (`edit_slice`):
 - positive point outside the slice's mask: the box grown to hold it (by 1, 2 or 4 times the margin); on a
   slice with no mask, the box of the nearest mask within NEARBY_SLICES grown so, else the box a point prompt
   starts from (VolumePropagator.point_start_rect; one started so on lung2's first empty slice flooded the
@@ -199,7 +207,7 @@ def refine_slice(propagator: VolumePropagator, previous: np.ndarray, index: int,
     else:
         rules = propagator.stop_rules(index, mask)
         for step, name in ((1, "up"), (-1, "down")):
-            stopped[name] = _run_one_way(propagator, previous, result, index, mask, step, shift, bounds,
+            stopped[name] = _run_one_way(propagator, previous, result, index, mask, step, prompt, shift, bounds,
                                          (low, high), keep, rules, decoded)
             if progress is not None:
                 progress("re-propagating the edit", len(decoded), high - low + 1)
@@ -213,10 +221,35 @@ def changed_slices(first: np.ndarray, second: np.ndarray, axis: int) -> list[int
     return [int(k) for k in np.flatnonzero((first != second).any(axis=other))]
 
 
+def _follow_edit(rect: np.ndarray, edited: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """A neighbour's box (x0, y0, x1, y1) after the edit moved the edited slice's box by `shift` to `edited`:
+    each side the edit pulled in is pulled in to the edited box's side (not past its own), each side the
+    edit pushed out is pushed out to it; sides the edit left alone stay."""
+    moved = rect.copy()
+    shrunk = np.concatenate([shift[:2] > 0, shift[2:] < 0])
+    grown = np.concatenate([shift[:2] < 0, shift[2:] > 0])
+    inward = np.concatenate([np.maximum(rect[:2], edited[:2]), np.minimum(rect[2:], edited[2:])])
+    outward = np.concatenate([np.minimum(rect[:2], edited[:2]), np.maximum(rect[2:], edited[2:])])
+    moved[shrunk], moved[grown] = inward[shrunk], outward[grown]
+    moved[2:] = np.maximum(moved[2:], moved[:2])
+    return moved
+
+
+def _between(first: np.ndarray, second: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the pixels inside one of two boxes (x0, y0, x1, y1) and not the other."""
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+
+    def inside(rect: np.ndarray) -> np.ndarray:
+        return (cols >= rect[0]) & (cols <= rect[2]) & (rows >= rect[1]) & (rows <= rect[3])
+
+    return inside(first) ^ inside(second)
+
+
 def _run_one_way(propagator: VolumePropagator, previous: np.ndarray, result: np.ndarray, index: int, mask: np.ndarray,
-                 step: int, shift: np.ndarray | None, bounds: np.ndarray, slice_range: tuple[int, int], keep: set[int],
-                 rules: list, decoded: list[int]) -> str:
-    """Re-decode the slices after `index` in direction `step` into `result` (I, J, K) in place; why it ended."""
+                 step: int, edited: np.ndarray, shift: np.ndarray | None, bounds: np.ndarray,
+                 slice_range: tuple[int, int], keep: set[int], rules: list, decoded: list[int]) -> str:
+    """Re-decode the slices after `index` in direction `step` into `result` (I, J, K) in place (`edited`: the
+    edited slice's box, `shift` its change); why it ended."""
     axis, margin, encoder = propagator.axis, propagator.options.margin, propagator.encoder
     low, high = slice_range
     k, last = index + step, mask
@@ -229,9 +262,13 @@ def _run_one_way(propagator: VolumePropagator, previous: np.ndarray, result: np.
         if before.any():
             if shift is None:
                 return f"the previous mask kept from slice {k} (the edited slice had none)"
-            rect = np.clip(prompt_rect(mask_rect(before), margin, bounds) + shift, bounds[[0, 1, 0, 1]],
-                           bounds[[2, 3, 2, 3]])
-            rect[2:] = np.maximum(rect[2:], rect[:2])
+            own = prompt_rect(mask_rect(before), margin, bounds)
+            rect = _follow_edit(own, edited, shift)
+            if np.array_equal(rect, own):
+                return f"the edit does not move the box of slice {k}: kept from there on"
+            band = _between(own, rect, before.shape)
+        elif shift is not None:
+            return f"the structure ended before slice {k} and still does"
         else:
             rect = next_prompt_rect(last, margin, bounds)
         encoder.ensure([k])
@@ -240,6 +277,9 @@ def _run_one_way(propagator: VolumePropagator, previous: np.ndarray, result: np.
         if before.any():
             if new.sum() < propagator.options.min_area:
                 return f"mask vanished at slice {k}: the previous slices kept from there on"
+            if (new[band] == last[band]).mean() < (before[band] == last[band]).mean():
+                return (f"where the edit moved its box, the previous mask of slice {k} agrees better with slice "
+                        f"{k - step}: kept from there on")
         else:
             stop = next((reason for rule in rules if (reason := rule(k, new, iou)) is not None), None)
             if stop is not None:
