@@ -10,8 +10,10 @@ way from the edited slice:
   in pulled in to the edited box's side, each side it pushed out pushed out to it (moving the sides by
   the same amount instead cut brain1's neighbours: 0.619 on the redrawn slice alone, 0.369 so). The run
   ends at the first neighbour whose box the edit does not move, and at one whose new mask agrees less with
-  the slice before it than its previous mask did, counted where the box moved (without that check a click
-  on the thoracic column's worst slice cost 0.08 Dice); it ends too at a slice the structure did not reach
+  the slice before it than its previous mask did, over the whole slice (Dice) or where the box moved
+  (share of equal pixels): without the first check a click on the thoracic column's worst slice cost
+  0.08 Dice, without the second a leak beside the lung survived on the slices next to a negative click,
+  and the decoder's predicted IoU kept it too; it ends too at a slice the structure did not reach
   before (extending brain2's lesion from a click inside it cost 0.17 Dice), and at once when the edit left
   the box where it was (a local erase, below);
 - when the slice was empty before (the edit adds the structure where it was missing), the run goes
@@ -277,9 +279,9 @@ def _run_one_way(propagator: VolumePropagator, previous: np.ndarray, result: np.
         if before.any():
             if new.sum() < propagator.options.min_area:
                 return f"mask vanished at slice {k}: the previous slices kept from there on"
-            if (new[band] == last[band]).mean() < (before[band] == last[band]).mean():
-                return (f"where the edit moved its box, the previous mask of slice {k} agrees better with slice "
-                        f"{k - step}: kept from there on")
+            if (dice(new, last) < dice(before, last)
+                    or (new[band] == last[band]).mean() < (before[band] == last[band]).mean()):
+                return f"the previous mask of slice {k} agrees better with slice {k - step}: kept from there on"
         else:
             stop = next((reason for rule in rules if (reason := rule(k, new, iou)) is not None), None)
             if stop is not None:
