@@ -98,7 +98,12 @@ def run_adapt(args: argparse.Namespace) -> int:
     from MedSegAdaptLib.environments.simulators import environment
     from MedSegAdaptLib.models.device import resolve_device
     from MedSegAdaptLib.store import FineTuningStore
-    from MedSegAdaptLib.training.distributed import process_group, rank0_first, world
+    from MedSegAdaptLib.training.distributed import (
+        all_cores_while_others_wait,
+        process_group,
+        rank0_first,
+        world,
+    )
 
     chosen = environment(args.environment, **parse_settings(args.set))
     generator = None if args.generator is None else load_hook(args.generator, "--generator")
@@ -107,7 +112,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     with process_group(resolve_device(args.device)) as device, FineTuningStore(args.store) as store:
         with rank0_first():
             if world().main:
-                _generate_and_report(args, store, chosen, structures, generator, llm)
+                with all_cores_while_others_wait(device):
+                    _generate_and_report(args, store, chosen, structures, generator, llm)
         fine_tune_from_args(args, store, device)
     return 0
 

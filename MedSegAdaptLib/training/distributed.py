@@ -38,6 +38,7 @@ from MedSegAdaptLib.core.errors import InputError
 
 __all__ = [
     "World",
+    "all_cores_while_others_wait",
     "average_gradients",
     "from_rank0",
     "launched_by_torchrun",
@@ -152,6 +153,25 @@ def rank0_first(enabled: bool = True) -> Iterator[None]:
     yield
     if ordered and current.main:
         dist.barrier()
+
+
+@contextmanager
+def all_cores_while_others_wait(device: torch.device) -> Iterator[None]:
+    """For work rank 0 does alone on CPU while the other ranks wait at a barrier (adapt's sample generation):
+    PyTorch (and ONNX Runtime sessions created inside) use the threads of every rank on this machine
+    (torchrun gives each rank OMP_NUM_THREADS=1, which left all but one core idle), capped at the cores.
+    A plain block on GPU or in one process."""
+    current = world()
+    if device.type != "cpu" or current.size == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", current.size))
+    torch.set_num_threads(max(before, min(os.cpu_count() or 1, before * local)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def from_rank0(value: T) -> T:
