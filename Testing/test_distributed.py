@@ -144,3 +144,20 @@ def test_torchrun_adapt_generates_once_then_trains_on_both_ranks(tmp_path, ctche
         assert len(store.cases()) == 2, "one generated case, not one per rank"
         assert checkpoint["training_set_version"] == store.training_set_version()
         assert {row.kind for row in store.training_view()} == {"correction", "synthetic"}
+
+
+def test_rank0_alone_uses_the_waiting_ranks_threads_on_cpu_only(monkeypatch):
+    from MedSegAdaptLib.training import distributed
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 2))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    with distributed.all_cores_while_others_wait(torch.device("cpu")):
+        assert torch.get_num_threads() == 2 * before  # capped at the cores: 64 here
+    assert torch.get_num_threads() == before
+    with distributed.all_cores_while_others_wait(torch.device("cuda", 0)):
+        assert torch.get_num_threads() == before  # a GPU rank keeps its threads
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    with distributed.all_cores_while_others_wait(torch.device("cpu")):
+        assert torch.get_num_threads() == before  # never fewer than it had
