@@ -274,12 +274,26 @@ def test_store_refuses_unknown_names_and_a_whole_volume_correction(store, sugges
         suggest_from_store(store, CASE, STRUCTURE, 2, suggester)
 
 
-def test_cold_start_takes_the_box_from_the_localiser_or_says_a_box_is_needed(tmp_path, volume, suggester, left_lung):
+def test_cold_start_takes_the_box_from_the_localiser_or_says_a_box_is_needed(tmp_path, monkeypatch, volume, suggester,
+                                                                             left_lung):
+    from MedSegAdaptLib.suggestions import slices
+
+    given = {}
+
+    def ranked(segmenter, image, structure, budget, box, *args, **kwargs):  # what suggest_slices is asked for
+        given.update(structure=structure, box=box, shape=image.array.shape)
+        return []
+
+    # the suggestions from a box are tested above; here, which box a case with no label gets
+    monkeypatch.setattr(slices, "suggest_slices", ranked)
     with FineTuningStore.init(tmp_path / "empty") as empty:
         empty.add_image(volume, CASE, modality="ct")  # nothing drawn yet: where do I begin?
-        suggestions = suggest_from_store(empty, CASE, STRUCTURE, 2, suggester, options=FAST)
-        occupied = np.flatnonzero(left_lung.any(axis=(0, 1)))
-        assert len(suggestions) == 2 and all(occupied[0] <= s.index <= occupied[-1] for s in suggestions)
+        assert suggest_from_store(empty, CASE, STRUCTURE, 2, suggester) == []
+        inside = Box3D.around(left_lung)
+        box = given["box"]
+        assert given["structure"] == STRUCTURE and given["shape"] == left_lung.shape
+        # the localiser's left lung: around the reference, within a few voxels of it
+        assert all(abs(a - b) <= 6 for a, b in zip((*box.lo, *box.hi), (*inside.lo, *inside.hi))), (box, inside)
         with pytest.raises(InputError, match="has no label of 'white matter' yet.*localiser cannot place it.*--box-ijk"):
             suggest_from_store(empty, CASE, "white matter", 2, suggester)
 
