@@ -457,6 +457,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.storePath = path
         self.onRefreshReviewQueue()
+        self._showAdaptResults(path)
 
     def onFineTuneOutputChanged(self, path):
         if self._parameterNode:
@@ -833,6 +834,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError("Cannot suggest slices", error, self.ui.suggestStatusLabel)
             return
         self._showSuggestions(None, [])
+        self._showRound(request.structure, node.caseId)
         self.ui.suggestStatusLabel.text = f"Scoring the slices of {request.structure}..."
         self._startJob("suggest", lambda progress: logic.run_suggestion(request, progress),
                        f"suggesting slices for {request.structure}", node.inputVolume)
@@ -852,6 +854,17 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillTable(self.ui.suggestionsTableWidget,
                         [[f"{s.axis}:{s.index}", f"{s.score:.2f}", f"{s.dkd:.2f}", f"{s.asd:.2f}", s.reason]
                          for s in suggestions])
+
+    def _showRound(self, structure, caseId):
+        """The round line: which annotation round of the case's structure this is, what the last one gained."""
+        node = self._parameterNode
+        if self.logic is None or node is None:
+            self.ui.roundLabel.text = ""
+            return
+        try:
+            self.ui.roundLabel.text = self.logic.round_text(node.storePath, caseId, structure)
+        except Exception as error:  # shown, not raised: the line only informs
+            self.ui.roundLabel.text = str(error)
 
     def onSuggestionClicked(self, row, column):
         volumeNode, suggestions = self._suggestions
@@ -926,6 +939,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = (f"Stored {version.structure} version {version.version} of case "
                                     f"{version.case_id} ({version.voxels} voxels).")
         self.onRefreshHistory()
+        self._showRound(version.structure, version.case_id)
 
     def onRefreshHistory(self):
         node = self._parameterNode
@@ -965,7 +979,7 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fineTuneStatusLabel.text = f"Fine-tuning on {storePath}, writing {output} after every epoch..."
         self._startJob("finetune",
                        lambda progress: logic.fine_tune(storePath, output, options, progress, records.append),
-                       "fine-tuning", {"records": records, "output": output, "shown": 0})
+                       "fine-tuning", {"records": records, "output": output, "shown": 0, "storePath": storePath})
 
     def _showTrainingHistory(self, context):
         records = list(context["records"])
@@ -989,6 +1003,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"Fine-tuned on {result.train_slices} slices of {', '.join(result.structures)}: best epoch "
             f"{result.best_epoch} of {result.epochs_run}{best}. Segmentation and suggestions now use {output}.")
         self.ui.checkpointPathLineEdit.currentPath = str(output)
+        self.logic.record_fine_tune(context["storePath"], result)
+        self._showAdaptResults(context["storePath"])
 
     # --- adaptation: environment samples ------------------------------------------------------------
 
@@ -1014,6 +1030,18 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  for structure, counts in self.logic.summarize_samples(job.result).items()]
         self.ui.generateStatusLabel.text = (f"{context['environment']} samples in {context['storePath']}:\n"
                                             + "\n".join(lines) + "\nFine-tune to learn from the accepted ones.")
+        self.logic.record_samples(context["storePath"], context["environment"],
+                                  self.logic.summarize_samples(job.result))
+        self._showAdaptResults(context["storePath"])
+
+    def _showAdaptResults(self, storePath):
+        """The result table of the store's sample runs and the fine-tuning after them (empty before any)."""
+        table = self.ui.adaptResultsTableWidget
+        if self.logic is None:
+            table.setRowCount(0)
+            return
+        self._setColumns(table, list(self.logic.ADAPT_RESULT_COLUMNS))
+        self._fillTable(table, self.logic.adapt_result_rows(storePath))
 
     # --- adaptation: review queue -------------------------------------------------------------------
 
@@ -1215,6 +1243,7 @@ class MedSegAdaptTest(ScriptedLoadableModuleTest):
             self.assertTrue(widget.ui.submitCorrectionButton.enabled)
             widget.ui.submitCorrectionButton.click()
             self.assertEqual(widget.ui.historyTableWidget.rowCount, 1)
+            self.assertTrue(widget.ui.roundLabel.text.startswith("Round 2 for right lung: no model prediction"))
             stored = logic.history(os.path.join(folder, "store"), "ctchest4", "right lung")
             self.assertEqual([(v.version, v.kind) for v in stored], [(1, "correction")])
             np.testing.assert_array_equal(logic.segment_mask(segmentationNode, first, volumeNode).sum(),

@@ -48,6 +48,7 @@ from MedSegAdaptLib.evaluation.lesion_measures import measure_if_lesion
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Point3D
 from MedSegAdaptLib.io import Volume
 
+from .loop import ADAPT_COLUMNS, AdaptResults, describe_rounds
 from .report import (
     ReportFind,
     ReportRequest,
@@ -221,7 +222,8 @@ class MedSegAdaptLogic:
     :meth:`apply_repropagation`) must run on the main thread; model work (:meth:`run_model`,
     :meth:`run_suggestion`, :meth:`fine_tune`, :meth:`run_find`, :meth:`run_candidate`, :meth:`run_repropagation`)
     may run on a worker thread. The last Find of a report in each volume node is kept
-    (:meth:`last_find`), so that segmenting its candidates does not localise again.
+    (:meth:`last_find`), so that segmenting its candidates does not localise again, and so are the Adapt
+    panel's results in each store (:meth:`adapt_result_rows`).
     """
 
     def __init__(self, checkpoint: str | None = None, device: str = "auto") -> None:
@@ -237,6 +239,7 @@ class MedSegAdaptLogic:
         self._finds: dict[str, ReportFind] = {}  # volume node id -> the last Find of a report in it
         self._finds_lock = threading.Lock()
         self._report_parser = None  # the packaged model's report parser (see _report_guidance)
+        self._adapt_results: dict[str, AdaptResults] = {}  # store folder -> the Adapt panel's results in it
 
     @property
     def last_measurement(self):
@@ -779,6 +782,29 @@ class MedSegAdaptLogic:
 
         return summarize(generated)
 
+    #: The columns of :meth:`adapt_result_rows`' rows.
+    ADAPT_RESULT_COLUMNS = ADAPT_COLUMNS
+
+    def _adapt_results_of(self, store_path: str) -> AdaptResults:
+        return self._adapt_results.setdefault(str(_store_folder(store_path).absolute()), AdaptResults())
+
+    def record_samples(self, store_path: str, environment: str, summary: dict) -> None:
+        """Keep a finished sample run (:meth:`summarize_samples` of its labels) for the store's result table."""
+        self._adapt_results_of(store_path).add_samples(environment, summary)
+
+    def record_fine_tune(self, store_path: str, result) -> None:
+        """Keep a finished fine-tuning's ``FineTuneResult`` for the store's result table (it trained on the
+        samples of every environment recorded before it)."""
+        self._adapt_results_of(store_path).add_fine_tune(result)
+
+    def adapt_result_rows(self, store_path: str | None) -> list[list[str]]:
+        """The Adapt panel's result table for the store (columns :attr:`ADAPT_RESULT_COLUMNS`): per environment
+        and structure the last run's generated, accepted and queued synthetic labels, then the best
+        validation Dice and epochs of the fine-tuning after it ('-' before one); [] without a store."""
+        if not str(store_path or "").strip():
+            return []
+        return self._adapt_results_of(store_path).rows()
+
     def pretrained_segmenter(self):
         """The packaged LiteMedSAM's ``Segmenter`` (sharing the embedding cache) when the configured
         checkpoint was fine-tuned from it, else None; loaded once and kept."""
@@ -851,6 +877,23 @@ class MedSegAdaptLogic:
         """Every stored version of the case's labels (of one structure if given), oldest first."""
         with _open_store(store_path) as store:
             return store.history(case_id, structure)
+
+    @staticmethod
+    def round_text(store_path: str | None, case_id: str | None, structure: str | None) -> str:
+        """The Suggestions panel's line on the annotation round of the case's structure in the store, e.g.
+        'Round 3 for left lung: the model agreed with your round-2 corrections (k:12,30, 2026-12-02) at Dice
+        0.86, +0.05 over round 1.' (see :func:`~MedSegAdaptLogic.loop.describe_rounds`); '' without a
+        structure. A store or case not created yet has no corrections."""
+        from MedSegAdaptLib.store import annotation_rounds
+
+        structure = (structure or "").strip()
+        if not structure:
+            return ""
+        found = _existing_case(store_path, case_id)
+        if found is None:
+            return describe_rounds(structure, [])
+        with _open_store(store_path) as store:
+            return describe_rounds(structure, annotation_rounds(store, found, structure))
 
     # review of pseudo-labels and synthetic samples
 
