@@ -1025,8 +1025,8 @@ class MedSegAdaptWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.state == "cancelled":
             self.ui.generateStatusLabel.text = "Stopped; the samples generated before stopping are in the store."
             return
-        lines = [f"{structure}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by "
-                 f"self-validation, {counts['queued']} queued for review"
+        lines = [f"{structure}: {counts['generated']} synthetic labels ({counts['exact']} exact from the simulator), "
+                 f"{counts['accepted']} accepted, {counts['queued']} queued for review"
                  for structure, counts in self.logic.summarize_samples(job.result).items()]
         self.ui.generateStatusLabel.text = (f"{context['environment']} samples in {context['storePath']}:\n"
                                             + "\n".join(lines) + "\nFine-tune to learn from the accepted ones.")

@@ -10,7 +10,13 @@ from MedSegAdaptLib.cli import main
 from MedSegAdaptLib.cli.adapt import parse_settings
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.environments.ensemble_masks import box_variants, fuse
-from MedSegAdaptLib.environments.pipeline import generate_samples, load_hook, summarize
+from MedSegAdaptLib.environments.pipeline import (
+    Source,
+    generate_samples,
+    load_hook,
+    simulate_with_known_slices,
+    summarize,
+)
 from MedSegAdaptLib.environments.self_validation import (
     body_mask,
     self_validate,
@@ -134,24 +140,60 @@ def test_a_generator_breaking_the_grid_is_refused_before_anything_is_stored(tmp_
         assert [case.case_id for case in store.cases()] == ["CTChest4"]
 
 
-def test_simulated_labels_replace_pseudo_masks_where_the_label_is_known(tmp_path, ctchest4):
+def test_exact_labels_are_the_simulators_on_the_slices_the_corrections_became(tmp_path, ctchest4):
     volume, reference = ctchest4
     lung = reference.get("left lung").mask
     with FineTuningStore.init(tmp_path / "store") as store:
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", "left lung", lung, "reference")  # whole volume: known on every slice
-        (label,) = generate_samples(store, environment("varying-field-mri"), 1, [], simulated_labels=True)
+        (label,) = generate_samples(store, environment("varying-field-mri"), 1, [])
         stored = store.label(label.label_id)
-        assert label.accepted and label.reference_dice == 1.0
+        assert label.accepted and label.validation is None and label.annotated_slices is None
         assert np.array_equal(read_volume(stored.file).array != 0, lung)  # this simulator keeps the grid
         assert stored.reviews[-1].reviewer == "simulator" and json.loads(stored.comment)["label"] == "simulator"
         assert ("CTChest4-varying-field-mri-000", "synthetic") in {(r.case_id, r.kind) for r in store.training_view()}
         store.submit_mask("CTChest4", "right lung", reference.get("right lung").mask, "reference",
-                          annotated_slices={"k": [20]})  # partial: its label is not known, a pseudo-mask is needed
+                          annotated_slices={"k": [20]})  # partial: exact on slice 20 only
+        (partial,) = generate_samples(store, environment("varying-field-mri"), 1, [], structures=["right lung"])
+        assert partial.annotated_slices == {"k": [20]} and store.label(partial.label_id).annotated_slices == {"k": [20]}
+        exact = read_volume(store.label(partial.label_id).file).array != 0
+        assert np.array_equal(exact[:, :, 20], reference.get("right lung").mask[:, :, 20]) and exact.sum() == exact[:, :, 20].sum()
+        cases = len(store.cases())
         with pytest.raises(InputError, match="no model to pseudo-label 'right lung'"):
-            generate_samples(store, environment("varying-field-mri"), 1, [], simulated_labels=True,
+            generate_samples(store, environment("varying-field-mri"), 1, [], labels="exact+pseudo",
                              structures=["right lung"])
-        assert len(store.cases()) == 2, "the failed sample left nothing in the store"
+        assert len(store.cases()) == cases, "the failed sample left nothing in the store"
+
+
+def test_known_slices_follow_a_grid_changing_simulator(ctchest4):
+    """Pediatric resamples onto a smaller grid (here the anatomy shrinks along K by 0.6 in a field of view
+    of 0.8): annotated slices 14 and 20 become other sample slices, whose labels are those the whole label
+    gets there."""
+    volume, reference = ctchest4
+    lung = reference.get("left lung").mask
+    pediatric = environment("pediatric", field_of_view=(0.8, 0.8, 0.8))
+    source = Source("CTChest4", volume.path, "sha", {"left lung": lung}, {"left lung": {"k": [14, 20]}})
+    sample, known = simulate_with_known_slices(pediatric, volume, source, np.random.default_rng(0))
+    whole = pediatric.apply(volume, {"left lung": lung}, np.random.default_rng(0)).labels["left lung"]
+    slices = known["left lung"]["k"]
+    assert slices and slices != [14, 20] and len(slices) <= 4, slices
+    assert np.array_equal(sample.labels["left lung"][:, :, slices], whole[:, :, slices])
+    others = [k for k in range(lung.shape[2]) if k not in slices]
+    assert not sample.labels["left lung"][:, :, others].any()
+
+
+def test_a_sample_is_generated_once_per_parameters(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    with FineTuningStore.init(tmp_path / "store") as store:
+        store.add_image(volume, "CTChest4", modality="ct")
+        store.submit_mask("CTChest4", "left lung", reference.get("left lung").mask, "reference",
+                          annotated_slices={"k": [14, 20]})
+        first = generate_samples(store, environment("low-dose-ct"), 2, [], seed=5)
+        again = generate_samples(store, environment("low-dose-ct"), 2, [], seed=5)
+        assert [g.label_id for g in again] == [g.label_id for g in first] and all(g.cached for g in again)
+        assert not any(g.cached for g in first) and len(store.cases()) == 3
+        other = generate_samples(store, environment("low-dose-ct", dose_fraction=0.1), 1, [], seed=5)
+        assert not other[0].cached and len(store.cases()) == 4
 
 
 @pytest.mark.slow
@@ -161,7 +203,7 @@ def test_generated_labels_enter_store_and_training_view(tmp_path, ctchest4, embe
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", "right lung", reference.get("right lung").mask, "reference")
         segmenter = Segmenter(load_backbone(for_inference=True), embeddings)
-        generated = generate_samples(store, environment("low-dose-ct"), 1, [segmenter], seed=3)
+        generated = generate_samples(store, environment("low-dose-ct"), 1, [segmenter], seed=3, labels="pseudo")
         assert [g.structure for g in generated] == ["right lung"]
         label = generated[0]
         print(label.to_dict())
@@ -195,7 +237,8 @@ def test_adapt_command_generates_and_fine_tunes(tmp_path, ctchest4, capsys, monk
                  "--generator", "site_models:refine", "--llm", "site_models:rewrite", "--cache-dir", str(embedding_dir)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "left lung: 1 synthetic labels, 1 accepted" in out
+    assert "left lung: 1 synthetic labels (1 exact from the simulator), 1 accepted" in out
+    assert "synthetic) / 0 validation slices" in out
     checkpoint = load_checkpoint(tmp_path / "adapted.pt")
     with FineTuningStore(tmp_path / "store") as store:
         assert checkpoint["training_set_version"] == store.training_set_version()

@@ -138,8 +138,11 @@ def test_torchrun_adapt_generates_once_then_trains_on_both_ranks(tmp_path, ctche
     # rank 0 alone generated and printed; both ranks trained (one batch each per step)
     assert launched.stdout.count("synthetic labels") == 1 and launched.stdout.count("wrote ") == 1, launched.stdout
     checkpoint = load_checkpoint(tmp_path / "adapted.pt")
-    batches = math.ceil(checkpoint["metrics"]["train_slices"] / 2)  # of --batch-size 2
-    assert checkpoint["metrics"]["history"][0]["steps"] == math.ceil(batches / 2)  # each rank half of them
+    metrics = checkpoint["metrics"]
+    real = metrics["train_slices"] - metrics["synthetic_slices"]
+    assert real > 0 and metrics["synthetic_slices"] > 0
+    batches = max(math.ceil(2 * real / 2), 2)  # an epoch: each real slice and as many synthetic, --batch-size 2
+    assert metrics["history"][0]["steps"] == math.ceil(batches / 2)  # each rank half of them
     with FineTuningStore(tmp_path / "store") as store:
         assert len(store.cases()) == 2, "one generated case, not one per rank"
         assert checkpoint["training_set_version"] == store.training_set_version()

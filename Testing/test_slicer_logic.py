@@ -683,7 +683,7 @@ def test_semi_supervised_fine_tuning_then_environment_samples_on_the_worker(tmp_
     worker = Worker()
     try:
         job = worker.submit(lambda progress: logic.generate_environment_samples(
-            str(store_path), "pediatric", 1, progress=progress), "generating samples")
+            str(store_path), "pediatric", 1, labels="pseudo", progress=progress), "generating samples")
         assert job.wait(600)
     finally:
         worker.stop()

@@ -18,7 +18,13 @@ from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.training import FineTuneOptions, FineTuner, SliceDataset, fine_tune
 from MedSegAdaptLib.training.dataset import TrainingSlice
-from MedSegAdaptLib.training.trainer import batch_loss, prompt_boxes, slice_logits
+from MedSegAdaptLib.training.trainer import (
+    batch_loss,
+    epoch_order,
+    prompt_boxes,
+    slice_logits,
+    split_validation,
+)
 
 STRUCTURE = "left lung"
 SLICES = [17, 23]
@@ -306,3 +312,28 @@ def test_segment_command_uses_the_finetuned_checkpoint(tmp_path, store, embeddin
     assert main(["segment", str(image), "-o", str(output), "--structure", STRUCTURE, "--box-ijk", str(box),
                  "--checkpoint", str(tmp_path / "ft.pt"), "--backbone", "medsam"]) == 2
     assert "fine-tuned from backbone litemedsam" in capsys.readouterr().err
+
+
+def test_an_epoch_is_a_pass_over_the_real_slices_with_as_many_synthetic_draws():
+    synthetic = [False] * 6 + [True] * 200
+    rng = np.random.default_rng(0)
+    order = epoch_order(list(range(206)), synthetic, 0.5, rng)
+    assert sorted(i for i in order if i < 6) == list(range(6))  # each real slice once
+    drawn = [i for i in order if i >= 6]
+    assert len(drawn) == 6 and len(set(drawn)) == 6
+    assert len(epoch_order(list(range(206)), synthetic, 0.25, rng)) == 6 + 2
+    assert sorted(epoch_order(list(range(206)), synthetic, None, rng)) == list(range(206))  # in proportion
+    few = epoch_order([0, 1, 2, 3, 6], synthetic, 0.75, rng)  # 12 draws from 1 synthetic slice: it repeats
+    assert sorted(few)[:4] == [0, 1, 2, 3] and list(few).count(6) == 12
+
+
+def test_only_real_slices_are_held_out_for_validation_with_a_synthetic_share():
+    synthetic = [False, True] * 10 + [True] * 30
+    train, validation = split_validation(synthetic, FineTuneOptions())
+    assert validation and not any(synthetic[i] for i in validation) and len(validation) == 2
+    assert sorted(train + validation) == list(range(50))
+    _, proportional = split_validation(synthetic, FineTuneOptions(synthetic_share=None))
+    assert any(synthetic[i] for i in proportional) and len(proportional) == 10
+    assert split_validation([False] * 9 + [True] * 40, FineTuneOptions())[1] == []  # 9 real: too few to hold out
+    with pytest.raises(InputError, match=r"synthetic share must be in \(0, 1\), got 1.0"):
+        FineTuneOptions(synthetic_share=1.0)

@@ -823,29 +823,33 @@ class MedSegAdaptLogic:
 
     def generate_environment_samples(self, store_path: str, environment: str, count: int, seed: int = 0,
                                      settings: dict | None = None, threshold: float | None = None,
-                                     progress: ProgressCallback | None = None) -> list:
+                                     labels: str = "exact", progress: ProgressCallback | None = None) -> list:
         """Simulate ``count`` samples of ``environment`` (e.g. 'low-dose-ct', with ``settings`` overriding
         its parameters) from the store's corrected cases into the store; returns the ``GeneratedLabel``s.
         Any thread.
 
-        Each sample's pseudo-masks come from an ensemble of the configured model (and the packaged
-        LiteMedSAM when the model is a fine-tune of it); those passing every self-validation check
-        (ensemble agreement at least ``threshold``, default the library's 0.8) are accepted as synthetic
-        labels and train at once, the others wait in the review queue.
+        ``labels`` as for the library's generate_samples: 'exact' (default) stores the simulator's own
+        labels on the slices the corrections became, no model runs; with 'exact+pseudo' or 'pseudo' the
+        pseudo-masks come from an ensemble of the configured model (and the packaged LiteMedSAM when the
+        model is a fine-tune of it); those passing every self-validation check (ensemble agreement at
+        least ``threshold``, default the library's 0.8) are accepted and train at once, the others wait
+        in the review queue. Samples generated before with the same parameters are reused.
         """
         from MedSegAdaptLib.environments import environment as make_environment
         from MedSegAdaptLib.environments import generate_samples
         from MedSegAdaptLib.environments.self_validation import DEFAULT_THRESHOLD
 
         chosen = make_environment(environment, **(settings or {}))
-        members = [self.segmenter()]
-        pretrained = self.pretrained_segmenter()
-        if pretrained is not None:
-            members.append(pretrained)
+        members = []
+        if labels != "exact":
+            members = [self.segmenter()]
+            pretrained = self.pretrained_segmenter()
+            if pretrained is not None:
+                members.append(pretrained)
         with _open_store(store_path) as store:
             return generate_samples(store, chosen, int(count), members, seed=int(seed),
                                     threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-                                    progress=progress)
+                                    labels=labels, progress=progress)
 
     # corrections
 

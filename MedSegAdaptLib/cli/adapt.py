@@ -27,10 +27,12 @@ def add_adapt_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "adapt", help="adapt the model to an imaging environment with self-validated synthetic data",
         description="Simulate COUNT samples of an imaging environment from the store's corrected cases, write "
-                    "clinical queries and ensemble pseudo-masks for them, self-validate each pseudo-mask "
-                    "(knowledge-base rules and ensemble agreement), add them to the store as synthetic labels "
-                    "(passing ones accepted, the others queued for expert review: `store review STORE list`) "
-                    "and fine-tune on the training view.")
+                    "clinical queries for them, label them (by default with the simulator's exact labels on the "
+                    "slices the corrections became; with --labels exact+pseudo or pseudo also with ensemble "
+                    "pseudo-masks, self-validated by knowledge-base rules and ensemble agreement, the failing ones "
+                    "queued for expert review: `store review STORE list`), add them to the store as synthetic "
+                    "labels and fine-tune on the training view, real corrections weighted as --synthetic-share "
+                    "says. Samples already generated with the same parameters are reused from the store.")
     parser.add_argument("store", type=Path, help="fine-tuning store folder with corrections of real cases")
     parser.add_argument("--environment", required=True,
                         help="low-dose-ct, high-res-ct, varying-field-mri, pediatric or pathology "
@@ -46,9 +48,10 @@ def add_adapt_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="self-validation score a pseudo-mask needs to train without review (default: %(default)s)")
     parser.add_argument("--no-self-validation", action="store_true",
                         help="accept every pseudo-mask without checking it (an ablation)")
-    parser.add_argument("--simulated-labels", action="store_true",
-                        help="train on the simulator's exact labels where they are known on every slice (whole-volume "
-                             "corrections, inserted lesions) instead of pseudo-masks")
+    parser.add_argument("--labels", default="exact", choices=("exact", "exact+pseudo", "pseudo"),
+                        help="what the samples train on: the simulator's exact labels where the corrections make them "
+                             "known (exact), those plus self-validated ensemble pseudo-masks elsewhere (exact+pseudo), "
+                             "or pseudo-masks alone (pseudo, the earlier method) (default: %(default)s)")
     parser.add_argument("--generator", default=None, metavar="MODULE:FUNCTION",
                         help="optional image model refining each simulated image: FUNCTION(sample, rng) returns a new "
                              "(I, J, K) image on the same grid (e.g. a local diffusion model used image-to-image)")
@@ -123,21 +126,26 @@ def _generate_and_report(args: argparse.Namespace, store, chosen, structures, ge
     from MedSegAdaptLib.core.progress import TerminalProgress
     from MedSegAdaptLib.environments.pipeline import generate_samples, summarize
 
-    pretrained, adapted = pretrained_and_adapted(args, args.cache_dir)
-    members = [pretrained] if adapted is None else [adapted, pretrained]
+    members = []
+    if args.labels != "exact":  # only pseudo-masks need the models
+        pretrained, adapted = pretrained_and_adapted(args, args.cache_dir)
+        members = [pretrained] if adapted is None else [adapted, pretrained]
     progress = TerminalProgress()
     try:
         generated = generate_samples(store, chosen, args.count, members, seed=args.seed, threshold=args.threshold,
                                      self_validation=not args.no_self_validation, structures=structures,
-                                     generator=generator, llm=llm, simulated_labels=args.simulated_labels,
+                                     generator=generator, llm=llm, labels=args.labels,
                                      progress=progress)
     finally:
         progress.close()
     if args.json:
         print(json.dumps([label.to_dict() for label in generated], indent=2))
+    reused = sum(label.cached for label in generated)
+    if reused:
+        print(f"{reused} synthetic labels reused from earlier runs with the same parameters")
     for name, counts in summarize(generated).items():
-        print(f"{name}: {counts['generated']} synthetic labels, {counts['accepted']} accepted by self-validation, "
-              f"{counts['queued']} queued for review")
+        print(f"{name}: {counts['generated']} synthetic labels ({counts['exact']} exact from the simulator), "
+              f"{counts['accepted']} accepted, {counts['queued']} queued for review")
     queued = sum(not label.accepted for label in generated)
     if queued:
         print(f"{queued} labels wait for an expert: medsegadapt store review {args.store} list")

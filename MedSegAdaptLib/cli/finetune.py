@@ -82,7 +82,21 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distance-percentile", type=float, default=defaults.distance_percentile,
                         help="with --semi-supervised: keep pseudo-labels whose embedding distance to the nearest "
                              "annotated slice is at most this percentile of all candidates' (default: %(default)s)")
+    parser.add_argument("--synthetic-share", type=_share, default=defaults.synthetic_share,
+                        help="with synthetic (MedSeg-Adapt) labels beside corrections: their share of each epoch's "
+                             "slices, real slices alone validating; 'proportional' draws every slice alike "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+
+
+def _share(text: str) -> float | None:
+    """--synthetic-share's value: a number, or 'proportional' for None."""
+    if text.strip().lower() == "proportional":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'proportional', got {text!r}") from None
 
 
 
@@ -115,7 +129,7 @@ def fine_tune_from_args(args: argparse.Namespace, store, device: torch.device | 
                               train_decoder=not args.freeze_decoder,
                               prompt=args.prompt, semi_supervised=args.semi_supervised,
                               confidence_percentile=args.confidence_percentile,
-                              distance_percentile=args.distance_percentile)
+                              distance_percentile=args.distance_percentile, synthetic_share=args.synthetic_share)
     device = resolve_device(args.device) if device is None else device
     main = world().main
     progress = TerminalProgress() if main else None
@@ -136,8 +150,9 @@ def fine_tune_from_args(args: argparse.Namespace, store, device: torch.device | 
             progress.close()
     if not main:
         return
+    synthetic = f" ({result.synthetic_slices} synthetic)" if result.synthetic_slices else ""
     print(f"training set {result.training_set_version}: {', '.join(result.structures)}; "
-          f"{result.train_slices} training / {result.val_slices} validation slices, "
+          f"{result.train_slices} training{synthetic} / {result.val_slices} validation slices, "
           f"{result.slices_encoded} slices encoded, on {device}")
     if result.pseudo_labels is not None:
         print(result.pseudo_labels.summary())

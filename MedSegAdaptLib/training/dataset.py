@@ -71,6 +71,7 @@ class TrainingSlice:
     scale: float | None = None  # set by SliceDataset.encode from the backbone's input size
     modality: str = "ct"
     pseudo: bool = False  # a selected pseudo-label, not an annotation
+    synthetic: bool = False  # of a MedSeg-Adapt synthetic label (a generated image), not of a real case
 
     @property
     def name(self) -> str:
@@ -164,7 +165,8 @@ class SliceDataset:
                         continue
                     job.indices.add(int(index))
                     self.slices.append(TrainingSlice(row.case_id, row.structure, axis, int(index), key,
-                                                     np.ascontiguousarray(mask), rect, modality=modality))
+                                                     np.ascontiguousarray(mask), rect, modality=modality,
+                                                     synthetic=row.kind == "synthetic"))
         if not self.slices:
             raise InputError("the training view's annotated slices hold no foreground "
                              f"(at least {MIN_MASK_AREA} voxels per slice needed for a box prompt)")

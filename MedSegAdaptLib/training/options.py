@@ -28,7 +28,12 @@ class FineTuneOptions:
     of partial annotations, keep the confident ones close to annotated slices (at least the
     confidence_percentile-th percentile of the candidates' confidence, at most the
     distance_percentile-th percentile of their embedding distance) and train `epochs` more epochs on
-    both; see MedSegAdaptLib.training.pseudo_labels."""
+    both; see MedSegAdaptLib.training.pseudo_labels.
+    synthetic_share: when the training view holds both real and synthetic (MedSeg-Adapt) labels, the
+    share of each epoch's slices drawn from synthetic ones; an epoch is then one pass over the real
+    slices plus that many synthetic draws, and only real slices are held out for validation. None:
+    every slice once per epoch, in proportion (synthetic slices then outnumber a few corrections by
+    hundreds to one, see docs/environments.md)."""
 
     epochs: int = 10
     batch_size: int = 2
@@ -50,6 +55,7 @@ class FineTuneOptions:
     semi_supervised: bool = False
     confidence_percentile: float = 50.0
     distance_percentile: float = 50.0
+    synthetic_share: float | None = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priors", tuple(self.priors))
@@ -70,6 +76,8 @@ class FineTuneOptions:
         for name in ("confidence_percentile", "distance_percentile"):
             if not 0 <= getattr(self, name) <= 100:
                 raise InputError(f"{name.replace('_', ' ')} must be in [0, 100], got {getattr(self, name)}")
+        if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
+            raise InputError(f"synthetic share must be in (0, 1), got {self.synthetic_share}")
         if not 0 < self.validation_fraction < 1:
             raise InputError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
 

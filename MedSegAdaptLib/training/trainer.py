@@ -23,6 +23,12 @@ them (box without jitter) is measured after each epoch, the best epoch's weights
 training stops after `patience` epochs without improvement. With fewer slices all of them train,
 for the set number of epochs, and the last epoch is kept.
 
+Real and synthetic labels (`options.synthetic_share`, 0.5 by default): when the training view holds
+MedSeg-Adapt's synthetic labels beside real corrections, an epoch is one pass over the real slices
+plus as many synthetic draws as the share asks, and only real slices are held out for validation.
+In proportion, 20 generated volumes labeled on every slice outnumbered 9 corrected slices by about
+a hundred to one, and validation chose the epoch that best matched the synthetic labels.
+
 A checkpoint is written atomically after every epoch, so an interrupted run resumes (`resume=`).
 
 Several GPUs (or processes): launched by torchrun inside MedSegAdaptLib.training.distributed.process_group
@@ -95,15 +101,34 @@ class FineTuneResult:
     slices_encoded: int = 0
     stopped_early: bool = False
     pseudo_labels: SelectionReport | None = None
+    synthetic_slices: int = 0  # of train_slices, those of synthetic labels
 
 
-def split_validation(count: int, options: FineTuneOptions) -> tuple[list[int], list[int]]:
-    """(train, validation) indices: every round(1/fraction)-th slice held out, when there are enough."""
-    if count < options.min_slices_for_validation:
+def split_validation(synthetic: list[bool], options: FineTuneOptions) -> tuple[list[int], list[int]]:
+    """(train, validation) indices of a dataset's slices, `synthetic` flagging each: every
+    round(1/fraction)-th slice held out when there are enough. With a synthetic share, only real slices
+    are counted and held out (synthetic ones always train): the model is chosen on real data."""
+    count = len(synthetic)
+    eligible = [i for i in range(count) if options.synthetic_share is None or not synthetic[i]]
+    if len(eligible) < options.min_slices_for_validation:
         return list(range(count)), []
     every = max(2, round(1 / options.validation_fraction))
-    validation = [i for i in range(count) if i % every == every // 2]
-    return [i for i in range(count) if i % every != every // 2], validation
+    held = {index for number, index in enumerate(eligible) if number % every == every // 2}
+    return [i for i in range(count) if i not in held], sorted(held)
+
+
+def epoch_order(train_index: list[int], synthetic: list[bool], share: float | None,
+                rng: np.random.Generator) -> np.ndarray:
+    """One epoch's pass over the training slices (indices into the dataset), shuffled: with a synthetic
+    `share` and both kinds present, every real slice once plus round(real * share / (1 - share)) synthetic
+    slices drawn without repeats (cycling when there are fewer); otherwise every slice once."""
+    real = [i for i in train_index if not synthetic[i]]
+    generated = [i for i in train_index if synthetic[i]]
+    if share is None or not real or not generated:
+        return rng.permutation(train_index)
+    wanted = round(len(real) * share / (1 - share))
+    drawn = np.concatenate([rng.permutation(generated) for _ in range(math.ceil(wanted / len(generated)))])[:wanted]
+    return rng.permutation(np.concatenate([np.asarray(real), drawn]).astype(int))
 
 
 def prompt_boxes(items: list[TrainingSlice], margin: int, jitter: int,
@@ -263,7 +288,7 @@ class FineTuner:
         self.world = distributed.world()
         self.encoder_runtime = encoder_runtime
         self.dataset = SliceDataset(self.rows, self.base_sha256, cache, negatives=self.options.prompt != "box")
-        self.train_index, self.val_index = split_validation(len(self.dataset), options)
+        self.train_index, self.val_index = split_validation([item.synthetic for item in self.dataset.slices], options)
 
     def _encode(self, progress: ProgressCallback | None) -> int:
         """Encode the annotated slices through an inference-optimised copy of the frozen encoder."""
@@ -337,17 +362,24 @@ class FineTuner:
         model.eval().requires_grad_(False)
         return FineTuneResult(self.output, self.training_set_version, self.dataset.structures,
                               len(self.train_index), len(self.val_index), len(state.history), state.best_epoch,
-                              state.best_dice, state.history, encoded, state.stopped, self.pseudo_labels)
+                              state.best_dice, state.history, encoded, state.stopped, self.pseudo_labels,
+                              self._synthetic_count())
+
+    def _synthetic_count(self) -> int:
+        return sum(self.dataset.slices[i].synthetic for i in self.train_index)
 
     def _batches(self, epoch: int) -> list[tuple[list[TrainingSlice], list[torch.Tensor | None]]]:
         """This rank's (slices, prompts) batches of an epoch: all ranks draw every batch from the same
         seeded generator (order, box jitter, prompt choice), each rank keeps its share."""
         opts = self.options
-        steps = max(math.ceil(len(self.train_index) / opts.batch_size), opts.min_steps_per_epoch)
-        steps = math.ceil(steps / self.world.size) * self.world.size  # the same number of steps on every rank
+        synthetic = [item.synthetic for item in self.dataset.slices]
         rng = np.random.default_rng([opts.seed, epoch])
-        order = np.concatenate([rng.permutation(self.train_index)
-                                for _ in range(math.ceil(steps * opts.batch_size / len(self.train_index)))])
+        passes = [epoch_order(self.train_index, synthetic, opts.synthetic_share, rng)]
+        steps = max(math.ceil(len(passes[0]) / opts.batch_size), opts.min_steps_per_epoch)
+        steps = math.ceil(steps / self.world.size) * self.world.size  # the same number of steps on every rank
+        while sum(map(len, passes)) < steps * opts.batch_size:
+            passes.append(epoch_order(self.train_index, synthetic, opts.synthetic_share, rng))
+        order = np.concatenate(passes)
         batches = []
         for step in range(steps):
             items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
@@ -424,6 +456,7 @@ class FineTuner:
         options["betas"], options["priors"] = list(options["betas"]), list(options["priors"])
         metrics = {"best_epoch": state.best_epoch, "best_val_dice": state.best_dice, "history": state.history,
                    "train_slices": len(self.train_index), "val_slices": len(self.val_index),
+                   "synthetic_slices": self._synthetic_count(),
                    "slices_encoded": state.encoded, "options": options}
         if self.pseudo_labels is not None:
             metrics["pseudo_labels"] = self.pseudo_labels.to_dict()
