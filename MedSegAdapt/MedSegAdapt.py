@@ -1241,11 +1241,12 @@ class MedSegAdaptTest(ScriptedLoadableModuleTest):
             parameters.caseId, parameters.annotator = "ctchest4", "selftest"
             widget.ui.correctionSegmentComboBox.currentText = "right lung"
             self.assertTrue(widget.ui.submitCorrectionButton.enabled)
-            widget.ui.submitCorrectionButton.click()
-            self.assertEqual(widget.ui.historyTableWidget.rowCount, 1)
-            self.assertTrue(widget.ui.roundLabel.text.startswith("Round 2 for right lung: no model prediction"))
+            widget.ui.submitCorrectionButton.click()  # the model's result goes in first, as the prediction
+            self.assertEqual(widget.ui.historyTableWidget.rowCount, 2)
+            self.assertTrue(widget.ui.roundLabel.text.startswith(
+                "Round 2 for right lung: the model agreed with your round-1 corrections (whole volume"))
             stored = logic.history(os.path.join(folder, "store"), "ctchest4", "right lung")
-            self.assertEqual([(v.version, v.kind) for v in stored], [(1, "correction")])
+            self.assertEqual([(v.version, v.kind) for v in stored], [(1, "prediction"), (2, "correction")])
             np.testing.assert_array_equal(logic.segment_mask(segmentationNode, first, volumeNode).sum(),
-                                          stored[0].voxels)
+                                          stored[1].voxels)
         self.delayDisplay("Test passed")

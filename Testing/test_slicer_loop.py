@@ -1,8 +1,8 @@
 """Where the loop stands, as the panels show it: the Suggestions panel's round line from corrections submitted
 through the Logic on a real MRML scene (slicer-core), and the Adapt panel's result table (MedSegAdaptLogic.loop).
 
-No model runs: predictions are stored directly, fine-tuning results are stand-ins with the two fields the
-table reads.
+No model runs: model results are fake masks written through the Logic, or predictions stored directly;
+fine-tuning results are stand-ins with the two fields the table reads.
 """
 from __future__ import annotations
 
@@ -27,10 +27,18 @@ from MedSegAdaptLogic.loop import (  # noqa: E402
     describe_rounds,
     slices_text,
 )
-from MedSegAdaptLogic.scene import set_segment_mask, volume_to_node  # noqa: E402
+from MedSegAdaptLogic.scene import roi_from_box, set_segment_mask, volume_to_node  # noqa: E402
 from slicer_scene import make_scene  # noqa: E402
 
-from MedSegAdaptLib.io import Geometry, Segment, Segmentation, volume_from_array  # noqa: E402
+from MedSegAdaptLib.core.errors import InputError  # noqa: E402
+from MedSegAdaptLib.inference import Box3D  # noqa: E402
+from MedSegAdaptLib.io import (  # noqa: E402
+    Geometry,
+    Segment,
+    Segmentation,
+    read_volume,
+    volume_from_array,
+)
 from MedSegAdaptLib.store import AnnotationRound, FineTuningStore  # noqa: E402
 
 SHAPE = (12, 12, 8)
@@ -44,10 +52,74 @@ def square(*slices: int, columns: slice = slice(3, 7)) -> np.ndarray:
     return mask
 
 
+def phantom(app):
+    image = np.random.default_rng(1).normal(0, 200, SHAPE).astype(np.int16)
+    return volume_to_node(volume_from_array(image, GEOMETRY), app.scene, "phantom")
+
+
+def test_correcting_a_model_segment_stores_the_models_result_as_the_prediction_first(tmp_path):
+    app = make_scene()
+    volume_node, segmentation_node = phantom(app), app.new_segmentation()
+    store_path, logic = str(tmp_path / "store"), MedSegAdaptLogic()
+    roi = roi_from_box(Box3D((1, 1, 0), (10, 10, 7)), volume_node)
+
+    def model(mask):  # what the worker hands back, written as the panel writes it
+        request = logic.prepare(volume_node, "left lung", roi_node=roi)
+        logic.apply(SimpleNamespace(mask=mask, report=None), request, volume_node, segmentation_node, replace=True,
+                    confirm_replace=lambda name: True)
+
+    def correct(mask, slices, annotator="dr a"):  # the annotator's edit in the Segment Editor, then Submit
+        set_segment_mask(segmentation_node, "left lung", mask, volume_node, replace=True)
+        return logic.submit_correction(volume_node, segmentation_node, "left lung", store_path, "phantom", annotator,
+                                       slices=slices)
+
+    model(square(2, 3))
+    with pytest.raises(InputError, match="Annotator"):
+        correct(square(2, 5), {"k": [2, 5]}, annotator=" ")
+    assert not (tmp_path / "store").exists()  # no prediction without its correction
+    first = correct(square(2, 5), {"k": [2, 5]})  # the model is right on slice 2, wrong on slice 5
+    correct(square(2, 3, 5), {"k": [3]})  # the same model result: not stored again
+    history = logic.history(store_path, "phantom", "left lung")
+    assert [(v.version, v.kind) for v in history] == [(1, "prediction"), (2, "correction"), (3, "correction")]
+    np.testing.assert_array_equal(read_volume(history[0].file).array != 0, square(2, 3))
+    assert history[1].diff["against_version"] == history[2].diff["against_version"] == 1
+    date = first.time[:10]
+    assert logic.round_text(store_path, "phantom", "left lung") == (
+        f"Round 3 for left lung: the model agreed with your round-2 corrections (k:3, {date}) at Dice 1.00, "
+        "+0.33 over round 1.")
+    model(square(4))  # a new result (the corrected segment replaced after asking): stored with the next correction
+    correct(square(2, 3, 4, 5), {"k": [4, 5]})
+    assert [v.kind for v in logic.history(store_path, "phantom", "left lung")][3:] == ["prediction", "correction"]
+    assert logic.round_text(store_path, "phantom", "left lung") == (
+        f"Round 4 for left lung: the model agreed with your round-3 corrections (k:4,5, {date}) at Dice 0.67, "
+        "-0.33 over round 2.")
+    drawn = app.new_segmentation("Drawn")  # a segment the model never wrote has no prediction
+    set_segment_mask(drawn, "tissue", square(1), volume_node)
+    logic.submit_correction(volume_node, drawn, "tissue", store_path, "phantom", "dr a")
+    assert [v.kind for v in logic.history(store_path, "phantom", "tissue")] == ["correction"]
+
+
+def test_a_re_propagated_segment_is_compared_with_the_models_result_before_the_edits(tmp_path):
+    app = make_scene()
+    volume_node, segmentation_node = phantom(app), app.new_segmentation()
+    store_path, logic = str(tmp_path / "store"), MedSegAdaptLogic()
+    roi = roi_from_box(Box3D((1, 1, 0), (10, 10, 7)), volume_node)
+    request = logic.prepare(volume_node, "left lung", roi_node=roi)
+    logic.apply(SimpleNamespace(mask=square(2, 3), report=None), request, volume_node, segmentation_node)
+    set_segment_mask(segmentation_node, "left lung", square(2, 3, 5), volume_node)  # the annotator adds slice 5
+    edits = logic.prepare_repropagation(volume_node, segmentation_node, "left lung")
+    assert edits.slices == [5]
+    logic.apply_repropagation(SimpleNamespace(mask=square(2, 3, 4, 5)), edits, volume_node, segmentation_node)
+    logic.submit_correction(volume_node, segmentation_node, "left lung", store_path, "phantom", "dr a",
+                            slices={"k": [4, 5]})
+    prediction, correction = logic.history(store_path, "phantom", "left lung")
+    np.testing.assert_array_equal(read_volume(prediction.file).array != 0, square(2, 3))  # not the re-propagation
+    assert correction.diff["dice"] == 0.0  # the model had nothing on slices 4 and 5
+
+
 def test_the_round_line_follows_the_corrections_submitted_from_the_scene(tmp_path):
     app = make_scene()
-    image = np.random.default_rng(1).normal(0, 200, SHAPE).astype(np.int16)
-    volume_node = volume_to_node(volume_from_array(image, GEOMETRY), app.scene, "phantom")
+    volume_node = phantom(app)
     segmentation_node = app.new_segmentation()
     store_path = str(tmp_path / "store")
     logic = MedSegAdaptLogic()

@@ -70,6 +70,7 @@ from .scene import (
     label_arrays_from_node,
     mark_model_output,
     mask_digest,
+    model_output_digest,
     node_in_scene,
     numbered_segment_name,
     points_from_node,
@@ -103,6 +104,10 @@ CANDIDATE_TAGS = ("MedSegAdapt.Report", "MedSegAdapt.CandidateRank", "MedSegAdap
 REPROPAGATION_TAGS = ("MedSegAdapt.RepropagatedFrom", "MedSegAdapt.RepropagationMode")
 
 logger = logging.getLogger("MedSegAdapt")
+
+#: How many of the model's latest results the Logic keeps (bit-packed) to store as the prediction a
+#: correction corrects (see :meth:`MedSegAdaptLogic.submit_correction`).
+MODEL_RESULTS_KEPT = 8
 
 # --- the fine-tuning store ---------------------------------------------------------------------
 
@@ -240,6 +245,8 @@ class MedSegAdaptLogic:
         self._finds_lock = threading.Lock()
         self._report_parser = None  # the packaged model's report parser (see _report_guidance)
         self._adapt_results: dict[str, AdaptResults] = {}  # store folder -> the Adapt panel's results in it
+        self._model_results: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # mask digest -> (shape, bits)
+        self._predictions_stored: set[tuple[str, str, str, str]] = set()  # (store, case, structure, digest)
 
     @property
     def last_measurement(self):
@@ -376,8 +383,31 @@ class MedSegAdaptLogic:
             segment_id = set_segment_mask(segmentation_node, unique_segment_name(segmentation_node, name),
                                           outcome.mask, volume_node, replace=False)
         mark_model_output(segmentation_node, segment_id, outcome.mask)
+        self._keep_model_result(outcome.mask)
         self._measure(segmentation_node, segment_id, name, outcome.mask, request.volume.geometry)
         return segment_id
+
+    def _keep_model_result(self, mask: np.ndarray) -> None:
+        """Keep a mask the model wrote into a segment, by the digest its tags record: submitting a correction of
+        that segment stores it as the prediction it corrects."""
+        mask = np.asarray(mask, dtype=bool)
+        self._keep(mask_digest(mask), (mask.shape, np.packbits(mask, axis=None)))
+
+    def _keep(self, digest: str, kept: tuple[tuple[int, ...], np.ndarray]) -> None:
+        """Keep ``(shape, bits)`` under ``digest``, the last :data:`MODEL_RESULTS_KEPT` of them."""
+        self._model_results.pop(digest, None)
+        self._model_results[digest] = kept
+        while len(self._model_results) > MODEL_RESULTS_KEPT:
+            del self._model_results[next(iter(self._model_results))]
+
+    def _model_result(self, segmentation_node, segment_id: str, shape: tuple[int, ...]) -> tuple[str, np.ndarray] | None:
+        """(digest, mask) of the model's result the segment corrects (see :meth:`_keep_model_result`) when it is
+        kept and on a grid of ``shape``."""
+        kept = self._model_results.get(model_output_digest(segmentation_node, segment_id) or "")
+        if kept is None or tuple(kept[0]) != tuple(shape):
+            return None
+        mask = np.unpackbits(kept[1], count=int(np.prod(shape))).reshape(shape).astype(bool)
+        return mask_digest(mask), mask
 
     def _measure(self, segmentation_node, segment_id: str, structure: str, mask, geometry) -> None:
         """Keep (:attr:`last_measurement`) and tag on the segment a lesion's volume and longest axial diameter."""
@@ -475,9 +505,13 @@ class MedSegAdaptLogic:
         if save_undo_state is not None:
             save_undo_state()
         name = segment.GetName()
+        # The re-propagated mask holds the annotator's own edits: its prediction stays the model's result before them.
+        original = self._model_results.get(model_output_digest(segmentation_node, request.segment_id) or "")
         segment_id = set_segment_mask(segmentation_node, name, outcome.mask, volume_node, color=segment.GetColor(),
                                       terminology=segment_terminology(segment), segment_id=request.segment_id)
         mark_model_output(segmentation_node, segment_id, outcome.mask, request.axis)
+        if original is not None:
+            self._keep(mask_digest(outcome.mask), original)
         for key, value in zip(REPROPAGATION_TAGS, (request.slices_text, request.mode)):
             segment.SetTag(key, value)
         self._measure(segmentation_node, segment_id, request.structure, outcome.mask, geometry)
@@ -641,6 +675,7 @@ class MedSegAdaptLogic:
         segment_id = set_segment_mask(segmentation_node, name, result.mask, volume_node, color=default_color(structure),
                                       terminology=standard_terminology(structure), replace=False)
         mark_model_output(segmentation_node, segment_id, result.mask)
+        self._keep_model_result(result.mask)
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
         for key, value in zip(CANDIDATE_TAGS, (found.request.report, rank, f"{candidate['score']:.4f}",
                                                candidate["reason"], result.method)):
@@ -860,17 +895,30 @@ class MedSegAdaptLogic:
 
         The store is created when ``store_path`` is a new or empty folder. The volume becomes the
         case ``case_id`` the first time (the same image already in the store is recognised, under
-        its existing case id). ``slices`` (``{"k": [12, 30]}``) marks a partial annotation.
+        its existing case id). ``slices`` (``{"k": [12, 30]}``) marks a partial annotation. When the
+        model wrote the segment in this session, its result is stored first as a prediction of the
+        structure (once per store and case): the correction's diff, and the round's agreement
+        (:meth:`round_text`), compare the correction with it.
         """
-        from MedSegAdaptLib.store import FineTuningStore
+        from MedSegAdaptLib.io import Segment, Segmentation
+        from MedSegAdaptLib.store import FineTuningStore, check_slices
+        from MedSegAdaptLib.store.validation import check_name
 
         folder = _store_folder(store_path)
         segment_id = require_segment_id(segmentation_node, segment_name)
         structure = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip()
         volume = volume_from_node(volume_node)
         mask = segment_mask(segmentation_node, segment_id, volume_node)
+        predicted = self._model_result(segmentation_node, segment_id, volume.geometry.shape)
+        check_name(annotator, "Annotator")  # checked before a prediction is stored: the correction must follow it
+        check_slices(slices, volume.geometry.shape)
         with FineTuningStore.init(folder) as store:
             case, _created = store.add_image(volume, case_id=case_id)
+            if predicted is not None:
+                key = (str(store.root), case.case_id, structure.casefold(), predicted[0])
+                if key not in self._predictions_stored:
+                    store.add_prediction(case.case_id, Segmentation(volume.geometry, [Segment(structure, predicted[1])]))
+                    self._predictions_stored.add(key)
             return store.submit_mask(
                 case.case_id, structure, mask, annotator, annotated_slices=slices, comment=comment,
                 source=f"3D Slicer segmentation {segmentation_node.GetName()} / segment {structure}",

@@ -51,6 +51,7 @@ __all__ = [
     "label_arrays_from_node",
     "mark_model_output",
     "mask_digest",
+    "model_output_digest",
     "MODEL_MASK_TAG",
     "MODEL_SLICE_AXIS_TAG",
     "MODEL_SLICES_TAG",
@@ -435,6 +436,11 @@ def mark_model_output(segmentation_node, segment_id: str, mask: np.ndarray, axis
 def _tag(segment, key: str) -> str | None:
     value = vtk.reference("")
     return str(value) if segment is not None and segment.GetTag(key, value) and str(value) else None
+
+
+def model_output_digest(segmentation_node, segment_id: str) -> str | None:
+    """The :func:`mask_digest` of what the model last wrote into the segment (its tag); None when it never did."""
+    return _tag(segmentation_node.GetSegmentation().GetSegment(segment_id), MODEL_MASK_TAG)
 
 
 def changed_slices(segmentation_node, segment_id: str, mask: np.ndarray, axis: str | int = "k") -> list[int]:
