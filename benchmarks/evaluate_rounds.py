@@ -237,17 +237,15 @@ def markdown_tables(runs: list[dict]) -> str:
     strategies = list(dict.fromkeys(run["strategy"] for run in runs))
     budgets = sorted({run["K"] for run in runs})
     targets = list(dict.fromkeys(run["target"] for run in runs))
-    lines = ["Mean model Dice over targets (each target's seed mean, then the mean over targets):", "",
+    lines = [("Mean model Dice over the targets that every strategy ran through every round (each target's seed "
+             "mean, then the mean over targets):"), "",
              f"| K | strategy | {header} | targets |", "|---|---|" + "---|" * (len(rounds) + 1)]
     for budget in budgets:
+        complete = [t for t in targets if all(set(rounds) <= set(cells.get((t, budget, s), {})) for s in strategies)]
         for strategy in strategies:
-            row, counts = [], set()
-            for r in rounds:
-                means = [np.mean(cells[(t, budget, strategy)][r]) for t in targets
-                         if r in cells.get((t, budget, strategy), {})]
-                counts.add(len(means))
-                row.append(f"{np.mean(means):.3f}" if means else "")
-            lines.append(f"| {budget} | {strategy} | " + " | ".join(row) + f" | {'/'.join(map(str, sorted(counts)))} |")
+            row = [f"{np.mean([np.mean(cells[(t, budget, strategy)][r]) for t in complete]):.3f}" if complete else ""
+                   for r in rounds]
+            lines.append(f"| {budget} | {strategy} | " + " | ".join(row) + f" | {len(complete)} |")
     out.append("\n".join(lines))
     later = [r for r in rounds if r >= 2]
     for strategy in [s for s in strategies if s.startswith("assft")]:
