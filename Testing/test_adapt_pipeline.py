@@ -188,11 +188,11 @@ def test_a_sample_is_generated_once_per_parameters(tmp_path, ctchest4):
         store.add_image(volume, "CTChest4", modality="ct")
         store.submit_mask("CTChest4", "left lung", reference.get("left lung").mask, "reference",
                           annotated_slices={"k": [14, 20]})
-        first = generate_samples(store, environment("low-dose-ct"), 2, [], seed=5)
-        again = generate_samples(store, environment("low-dose-ct"), 2, [], seed=5)
+        first = generate_samples(store, environment("varying-field-mri"), 2, [], seed=5)
+        again = generate_samples(store, environment("varying-field-mri"), 2, [], seed=5)
         assert [g.label_id for g in again] == [g.label_id for g in first] and all(g.cached for g in again)
         assert not any(g.cached for g in first) and len(store.cases()) == 3
-        other = generate_samples(store, environment("low-dose-ct", dose_fraction=0.1), 1, [], seed=5)
+        other = generate_samples(store, environment("varying-field-mri", field_strength_t=3.0), 1, [], seed=5)
         assert not other[0].cached and len(store.cases()) == 4
 
 
