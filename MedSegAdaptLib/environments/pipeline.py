@@ -68,6 +68,7 @@ from MedSegAdaptLib.inference.segmenter import Segmenter
 from MedSegAdaptLib.io import Volume, read_volume
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.store.records import LabelVersion
+from MedSegAdaptLib.store.slices import annotated_region
 from MedSegAdaptLib.store.store import FineTuningStore
 
 __all__ = [
@@ -211,16 +212,8 @@ def simulate_with_known_slices(environment: Environment, volume: Volume, source:
     beside one of the whole source; a sample slice is known where the annotated slices cover
     KNOWN_FRACTION of its voxels that come from inside the source (outside is air, its label empty),
     and the label is cut to the annotated slices' indicator."""
-    indicators = {}
-    for structure, annotated in source.annotated.items():
-        if annotated is None:
-            continue
-        indicator = np.zeros(volume.array.shape, bool)
-        for axis, indices in annotated.items():
-            where = [slice(None)] * 3
-            where[AXIS_NAMES.index(axis)] = list(indices)
-            indicator[tuple(where)] = True
-        indicators[_KNOWN + structure] = indicator
+    indicators = {_KNOWN + structure: annotated_region(volume.array.shape, annotated)
+                  for structure, annotated in source.annotated.items() if annotated is not None}
     if indicators:
         indicators[_INSIDE] = np.ones(volume.array.shape, bool)
     sample = environment.apply(volume, source.labels | indicators, rng)
@@ -267,7 +260,7 @@ def _from_store(version: LabelVersion) -> GeneratedLabel:
     """A stored synthetic label as a GeneratedLabel (its current review decides `accepted`)."""
     comment = json.loads(version.comment)
     validation = None if comment["label"] == "simulator" else \
-        Validation(comment["score"], comment["checks"], not any(not c["passed"] for c in comment["checks"].values()))
+        Validation(comment["score"], comment["checks"], all(c["passed"] for c in comment["checks"].values()))
     return GeneratedLabel(version.case_id, version.structure, version.label_id, comment["queries"], validation,
                           version.review_status == "accepted", comment.get("reference_dice"), comment["label"],
                           version.annotated_slices, cached=True)
@@ -287,13 +280,7 @@ class _Judged:
 
 def _known_dice(mask: np.ndarray, exact: np.ndarray, known: dict[str, list[int]] | None) -> float:
     """Dice of `mask` against the exact label over its known slices (every slice for None)."""
-    if known is None:
-        return dice(mask, exact)
-    keep = np.zeros(mask.shape, bool)
-    for axis, indices in known.items():
-        where = [slice(None)] * 3
-        where[AXIS_NAMES.index(axis)] = indices
-        keep[tuple(where)] = True
+    keep = annotated_region(mask.shape, known)
     return dice(mask & keep, exact & keep)
 
 
@@ -319,10 +306,8 @@ def _judge_sample(sample: SimulatedSample, known: dict[str, dict[str, list[int]]
                                         queries.get(structure, ()), sample.modality)
         mask = ensemble.mask.copy()
         if labels == "exact+pseudo":
-            for axis, indices in slices.items():
-                where = [slice(None)] * 3
-                where[AXIS_NAMES.index(axis)] = indices
-                mask[tuple(where)] = exact[tuple(where)]
+            known_voxels = annotated_region(mask.shape, slices)
+            mask[known_voxels] = exact[known_voxels]
         validation = self_validate(mask, sample.volume, sample.modality, knowledge.structure(structure),
                                    ensemble.agreement, share, threshold)
         judged.append(_Judged(structure, mask, "ensemble pseudo-mask", None, validation,
