@@ -18,9 +18,9 @@ ADAPT_COLUMNS = ("Environment", "Structure", "Generated", "Accepted", "Queued", 
 
 def slices_text(annotated_slices: Mapping[str, Sequence[int]] | None) -> str:
     """``{"k": [12, 30]}`` as 'k:12,30' (axes separated by a space), None as 'whole volume'."""
-    if annotated_slices is None:
-        return "whole volume"
-    return " ".join(f"{axis}:{','.join(str(index) for index in indices)}" for axis, indices in annotated_slices.items())
+    from MedSegAdaptLib.store.slices import format_slices
+
+    return format_slices(annotated_slices, whole="whole volume")
 
 
 def describe_rounds(structure: str, rounds: Sequence[Any]) -> str:

@@ -30,12 +30,6 @@ def _open(root: Path) -> FineTuningStore:
     return FineTuningStore(root)
 
 
-def _slices_text(slices: dict[str, list[int]] | None) -> str:
-    if slices is None:
-        return "all"
-    return " ".join(f"{axis}:{','.join(map(str, indices))}" for axis, indices in slices.items())
-
-
 def _diff_text(diff: dict | None) -> str:
     if diff is None:
         return "-"
@@ -46,12 +40,14 @@ def _diff_text(diff: dict | None) -> str:
 
 
 def _label_line(label: LabelVersion) -> str:
+    from MedSegAdaptLib.store.slices import format_slices
+
     details = [label.kind, f"label id {label.label_id}"]
     if label.review_status:
         details.insert(1, label.review_status)
     if label.kind != "prediction":
         details += [
-            f"slices {_slices_text(label.annotated_slices)}",
+            f"slices {format_slices(label.annotated_slices)}",
             f"diff to prediction {_diff_text(label.diff)}",
         ]
     return f"case {label.case_id!r}: {label.structure!r} version {label.version} ({', '.join(details)})"
@@ -59,6 +55,7 @@ def _label_line(label: LabelVersion) -> str:
 
 def _table(labels: list[LabelVersion]) -> str:
     from MedSegAdaptLib.evaluation.metrics import format_table
+    from MedSegAdaptLib.store.slices import format_slices
 
     return format_table(
         [
@@ -71,7 +68,7 @@ def _table(labels: list[LabelVersion]) -> str:
                 "annotator": label.annotator or "-",
                 "time": label.time,
                 "review": label.review_status or "-",
-                "slices": _slices_text(label.annotated_slices),
+                "slices": format_slices(label.annotated_slices),
                 "diff to prediction": _diff_text(label.diff),
                 "source": label.source,
                 "comment": label.comment or "",

@@ -20,6 +20,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "annotated_region": "slices",
     "annotation_rounds": "rounds",
     "check_slices": "slices",
+    "format_slices": "slices",
     "last_round_gain": "rounds",
     "parse_slices": "slices",
 })

@@ -12,7 +12,7 @@ import numpy as np
 from MedSegAdaptLib.core.axes import AXIS_NAMES
 from MedSegAdaptLib.core.errors import InputError
 
-__all__ = ["AnnotatedSlices", "annotated_region", "check_slices", "parse_slices"]
+__all__ = ["AnnotatedSlices", "annotated_region", "check_slices", "format_slices", "parse_slices"]
 
 AnnotatedSlices = dict[str, list[int]]
 
@@ -36,6 +36,14 @@ def parse_slices(texts: Sequence[str]) -> AnnotatedSlices:
             )
         slices.setdefault(axis.strip().lower(), []).extend(indices)
     return slices
+
+
+def format_slices(slices: Mapping[str, Sequence[int]] | None, whole: str = "all") -> str:
+    """``{"k": [12, 30], "i": [5]}`` as 'k:12,30 i:5' (what :func:`parse_slices` reads, axes separated by a
+    space); None, the whole volume, as ``whole``."""
+    if slices is None:
+        return whole
+    return " ".join(f"{axis}:{','.join(str(index) for index in indices)}" for axis, indices in slices.items())
 
 
 def check_slices(
