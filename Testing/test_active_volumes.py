@@ -126,13 +126,16 @@ def test_a_volume_unlike_the_labeled_one_ranks_above_its_near_duplicate(ranking)
     assert near.score < 0.1 * near.components["total"] and "nearest labeled volume: labeled" in near.reason
 
 
+def _label_box(cohort: FineTuningStore, case_id: str, margin: int) -> Box3D:
+    """The box around the case's latest label of STRUCTURE, plus `margin` voxels."""
+    return Box3D.around(read_volume(cohort.history(case_id, STRUCTURE)[-1].file).array != 0, margin)
+
+
 def test_image_paths_with_boxes_rank_like_the_store_and_an_identical_adapted_model_diverges_nowhere(
         cohort, suggester, ranking):
-    def box(case_id: str, margin: int) -> Box3D:
-        return Box3D.around(read_volume(cohort.history(case_id, STRUCTURE)[-1].file).array != 0, margin)
-
-    candidates = [CohortVolume(str(cohort.case(case).image), box(case, 2)) for case in ("lowdose", "near")]
-    labeled = [CohortVolume(cohort.case("labeled").image, box("labeled", 0))]
+    candidates = [CohortVolume(str(cohort.case(case).image), _label_box(cohort, case, 2))
+                  for case in ("lowdose", "near")]
+    labeled = [CohortVolume(cohort.case("labeled").image, _label_box(cohort, "labeled", 0))]
     paths = suggest_volumes(suggester, candidates, STRUCTURE, 5, labeled, adapted_segmenter=suggester, options=FAST)
     by_image = {s.image: s for s in ranking.suggestions}
     assert paths.skipped == [] and len(paths.suggestions) == 2 and {s.case_id for s in paths.suggestions} == {None}
@@ -143,6 +146,28 @@ def test_image_paths_with_boxes_rank_like_the_store_and_an_identical_adapted_mod
             assert suggestion.components[key] == pytest.approx(stored.components[key], rel=1e-4)
         # half divergence (0 everywhere), half distance (the extremes near and lowdose normalise alike)
         assert suggestion.dkd == pytest.approx(0.5 * stored.dkd)
+
+
+def test_a_volume_of_its_own_structure_is_segmented_and_named_as_such(cohort, suggester, ranking):
+    """A lesion cohort names each case's finding: the volume's structure, not the ranking's, picks the
+    intensity preset (lung window here, soft tissue for 'brain tumor') and appears in the reasons."""
+    def candidates(structure: str | None) -> list[CohortVolume]:
+        return [CohortVolume(str(cohort.case(case).image), _label_box(cohort, case, 2), case, structure=structure)
+                for case in ("lowdose", "near")]
+
+    own = suggest_volumes(suggester, candidates(STRUCTURE), "brain tumor", 2, options=FAST)
+    stored = {s.case_id: s for s in ranking.suggestions}
+    for suggestion in own.suggestions:
+        assert suggestion.components["entropy"] == pytest.approx(stored[suggestion.case_id].components["entropy"],
+                                                                 rel=1e-4)
+        assert STRUCTURE in suggestion.reason and "brain tumor" not in suggestion.reason
+    ranking_structure = suggest_volumes(suggester, candidates(None), "brain tumor", 2, options=FAST)
+    assert [s.components["entropy"] for s in ranking_structure.suggestions] != pytest.approx(
+        [s.components["entropy"] for s in own.suggestions], rel=1e-4)
+    no_box = [CohortVolume(str(cohort.case("near").image), None, "near", structure="left kidney"),
+              *candidates(STRUCTURE)]
+    assert suggest_volumes(suggester, no_box, STRUCTURE, 1, options=FAST).skipped == [
+        "near: no box, and the model needs a prompt for 'left kidney'"]
 
 
 @pytest.fixture()

@@ -36,3 +36,6 @@ def test_foreground_uniform_rounds_and_summary():
     assert "| toy | 2 | assft | 0.850 ± 0.050 | 2 |" in text
     assert "| toy | 2 | uniform | 30 ± 10 | 2 |" in text  # foreground voxels, mean ± sd over the seeds
     assert "| toy | 2 | +0.150 (sd 0.050) * |" in text  # assft - uniform beats the larger sd
+    variant = {**_record("uniform", 0, 2, 0.75, 20), "finetune": {"epochs": 4, "extent_box_share": 0.3}}
+    assert rounds.strategy_label(variant) == "uniform extent_box_share=0.3"
+    assert "| toy | 2 | uniform extent_box_share=0.3 | 0.750 ± 0.000 | 1 |" in rounds.markdown_tables([*runs, variant])

@@ -10,8 +10,9 @@ import torch
 from monai.losses import DiceCELoss
 
 from MedSegAdaptLib.cli import build_parser
+from MedSegAdaptLib.core.axes import take_slices
 from MedSegAdaptLib.core.errors import InputError
-from MedSegAdaptLib.inference import EmbeddingCache
+from MedSegAdaptLib.inference.prompts import mask_rect
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.models.checkpoint import load_checkpoint, save_checkpoint
 from MedSegAdaptLib.models.loading import packaged_litemedsam_weights
@@ -105,6 +106,39 @@ def test_annotated_empty_slice_is_a_negative_with_a_borrowed_box(tmp_path, ctche
     with _store(tmp_path / "only-empty", volume, truth, slices=[2, 3]) as store, \
             pytest.raises(InputError, match="hold no foreground"):
         SliceDataset(store.training_view(), "0" * 64, negatives=True)
+
+
+def test_extent_boxes_cover_the_labels_annotated_slices_and_prompt_their_share(tmp_path, ctchest4):
+    volume, reference = ctchest4
+    truth = reference.get(STRUCTURE).mask
+    with _store(tmp_path / "extent", volume, truth) as store:
+        dataset = SliceDataset(store.training_view(), "0" * 64)
+    union = np.logical_or.reduce(list(take_slices(truth, 2, SLICES)))
+    for item in dataset.slices:
+        assert item.extent_rect.tolist() == mask_rect(union).tolist()
+        assert (item.rect[:2] >= item.extent_rect[:2]).all() and (item.rect[2:] <= item.extent_rect[2:]).all()
+        item.scale = 1.0
+    own = prompt_boxes(dataset.slices, 0, 0, np.random.default_rng(0), extent_share=0.0)
+    extent = prompt_boxes(dataset.slices, 0, 0, np.random.default_rng(0), extent_share=1.0)
+    assert [b.tolist() for b in own] == [item.rect.astype(np.float32).tolist() for item in dataset.slices]
+    assert all(b.tolist() == dataset.slices[0].extent_rect.astype(np.float32).tolist() for b in extent)
+    differ = [n for n in range(len(own)) if not torch.equal(own[n], extent[n])]
+    assert differ  # the lung's extent is wider than some annotated slice's mask
+    drawn = [torch.equal(prompt_boxes(dataset.slices, 0, 0, np.random.default_rng(seed), 0.5)[n], extent[n])
+             for seed in range(20) for n in differ]
+    assert 0.2 < np.mean(drawn) < 0.8
+    assert all(item.neighbour_rects == () for item in dataset.slices)  # slices 17 and 23 are not neighbours
+    with _store(tmp_path / "neighbours", volume, truth, slices=[17, 18]) as store:
+        first, second = SliceDataset(store.training_view(), "0" * 64).slices
+    assert [r.tolist() for r in first.neighbour_rects] == [second.rect.tolist()]
+    assert [r.tolist() for r in second.neighbour_rects] == [first.rect.tolist()]
+    first.scale = second.scale = 1.0
+    drawn = prompt_boxes([first] * 10, 0, 0, np.random.default_rng(0), neighbour_share=1.0)
+    assert all(box.tolist() == second.rect.tolist() for box in drawn)
+    with pytest.raises(InputError, match="extent box share 1.5"):
+        FineTuneOptions(extent_box_share=1.5)
+    with pytest.raises(InputError, match="add up to 1.2"):
+        FineTuneOptions(extent_box_share=0.6, neighbour_box_share=0.6)
 
 
 def test_a_negative_slice_is_scored_by_cross_entropy_alone():

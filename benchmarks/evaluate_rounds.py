@@ -26,7 +26,8 @@ slices remain where a strategy picks, it takes what is left (small lesions span 
 hold no foreground train nothing; a round whose picks so far hold none keeps the pretrained model.
 
     python benchmarks/evaluate_rounds.py [--targets "CTChest4 left lung;lung1"] [--budgets 2] [--rounds 3]
-        [--seeds 0,1,2] [--strategies "assft;uniform;foreground-aware random;random"] [--output-dir out/rounds]
+        [--seeds 0,1,2] [--strategies "assft;uniform;foreground-aware random;random"] [--epochs 4]
+        [--finetune-options '{"extent_box_share": 0.3}'] [--output-dir out/rounds]
     python benchmarks/evaluate_rounds.py --summarize out/rounds/run-*/runs.jsonl
 
 Every (target, K, strategy, seed, round) result is appended to runs.jsonl as it finishes; --summarize turns
@@ -146,9 +147,10 @@ class TargetRun:
                                      modality=self.target.modality, options=scoring_options(strategy, round_number))
         return sorted(s.index for s in suggestions)
 
-    def fine_tune(self, folder: Path, slices: list[int], seed: int, epochs: int | None = None) -> Path | None:
+    def fine_tune(self, folder: Path, slices: list[int], seed: int, training: dict | None = None) -> Path | None:
         """Checkpoint fine-tuned from the pretrained weights on the reference masks of `slices` (None when they
-        hold no foreground, so there is nothing to learn from); epochs: None for the `finetune` default."""
+        hold no foreground, so there is nothing to learn from); training: FineTuneOptions fields that differ
+        from the `finetune` defaults (epochs, ...)."""
         from MedSegAdaptLib.training import FineTuneOptions, fine_tune
 
         if annotated_foreground(self.truth, slices) == 0:
@@ -158,7 +160,7 @@ class TargetRun:
             store.add_image(self.target.volume, "case", modality=self.target.modality)
             store.submit_mask("case", self.target.structure, self.truth, "reference", annotated_slices={"k": slices})
             try:
-                options = FineTuneOptions(seed=seed) if epochs is None else FineTuneOptions(seed=seed, epochs=epochs)
+                options = FineTuneOptions(**{**(training or {}), "seed": seed})
                 fine_tune(store, folder / "ft.pt", cache=self.cache, options=options)
             except InputError:
                 return None
@@ -166,13 +168,13 @@ class TargetRun:
 
 
 def run_strategy(run: TargetRun, strategy: str, budget: int, rounds: int, seed: int, run_dir: Path,
-                 log, epochs: int | None = None) -> None:
+                 log, training: dict | None = None) -> None:
     """All rounds of one strategy and seed on one target; each record goes to `log` as it finishes. Each
     round's checkpoint is deleted as soon as it is loaded and scored (the loaded model, kept in memory,
     makes the next round's assft suggestions)."""
     name = run.target.name
     base = {"target": name, "modality": run.target.modality, "K": budget, "strategy": strategy, "seed": seed,
-            "epochs": epochs}
+            "epochs": (training or {}).get("epochs"), "finetune": training or {}}
     log({**base, "round": 0, "slices": [], "new": [], "annotated_slices": 0, "foreground_voxels": 0,
          "model": run.pretrained_dice, "pick_s": 0.0, "train_s": 0.0, "score_s": round(run.pretrained_seconds, 2)})
     rng = np.random.default_rng([seed, sum(map(ord, name)), sum(map(ord, strategy))])
@@ -188,7 +190,7 @@ def run_strategy(run: TargetRun, strategy: str, budget: int, rounds: int, seed: 
         if new:  # otherwise nothing is left to pick: the model and its score stay as they were
             folder = run_dir / f"{name}-{strategy}-{budget}-{seed}-r{round_number}".replace(" ", "_")
             started = time.perf_counter()
-            checkpoint = run.fine_tune(folder, picked, seed, epochs)
+            checkpoint = run.fine_tune(folder, picked, seed, training)
             train_s = time.perf_counter() - started
             started = time.perf_counter()
             if checkpoint is None:
@@ -207,11 +209,18 @@ def _mean_sd(values: Sequence[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
+def strategy_label(run: dict) -> str:
+    """The run's strategy, followed by the fine-tuning fields it changed besides the epochs ('uniform
+    extent_box_share=0.3'): a variant is tabled apart from its strategy."""
+    changed = {k: v for k, v in run.get("finetune", {}).items() if k != "epochs"}
+    return " ".join([run["strategy"], *(f"{k}={v}" for k, v in sorted(changed.items()))])
+
+
 def _cells(runs: list[dict], key: str) -> dict[tuple, dict[int, list[float]]]:
     """{(target, K, strategy): {round: [value per seed]}}, targets and strategies in first-seen order."""
     cells: dict[tuple, dict[int, list[float]]] = {}
     for run in runs:
-        cells.setdefault((run["target"], run["K"], run["strategy"]), {}).setdefault(run["round"], []).append(run[key])
+        cells.setdefault((run["target"], run["K"], strategy_label(run)), {}).setdefault(run["round"], []).append(run[key])
     return cells
 
 
@@ -234,7 +243,7 @@ def markdown_tables(runs: list[dict]) -> str:
             lines.append(f"| {target} | {budget} | {strategy} | " + " | ".join(row) + f" | {seeds} |")
         out.append("\n".join(lines))
     cells = _cells(runs, "model")
-    strategies = list(dict.fromkeys(run["strategy"] for run in runs))
+    strategies = list(dict.fromkeys(strategy_label(run) for run in runs))
     budgets = sorted({run["K"] for run in runs})
     targets = list(dict.fromkeys(run["target"] for run in runs))
     lines = [("Mean model Dice over the targets that every strategy ran through every round (each target's seed "
@@ -277,7 +286,7 @@ def timing_table(runs: list[dict]) -> str:
     cells: dict[tuple, list[tuple[float, float, float]]] = {}
     for run in runs:
         if run["round"] >= 1:
-            cells.setdefault((run["target"], run["K"], run["strategy"]), []).append(
+            cells.setdefault((run["target"], run["K"], strategy_label(run)), []).append(
                 (run["pick_s"], run["train_s"], run["score_s"]))
     lines = ["| target | K | strategy | pick s | fine-tune s | score s | round s |", "|---|---|---|---|---|---|---|"]
     for (target, budget, strategy), values in cells.items():
@@ -300,6 +309,9 @@ def main() -> None:
     parser.add_argument("--strategies", default=";".join(STRATEGIES), help="';'-separated")
     parser.add_argument("--epochs", type=int, default=None,
                         help="fine-tuning epochs per round (default: the finetune default, 10)")
+    parser.add_argument("--finetune-options", type=json.loads, default={},
+                        help="FineTuneOptions fields as JSON, e.g. '{\"extent_box_share\": 0.3}'; a run with them "
+                             "is tabled as '<strategy> <field>=<value>' (a variant of its strategy)")
     parser.add_argument("--output-dir", type=Path, default=Path("out/rounds"))
     args = parser.parse_args()
     if args.summarize:
@@ -322,6 +334,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown target(s) {unknown}; expected some of {', '.join(known)}")
         targets = [known[w] for w in wanted]
+    training = {**args.finetune_options, **({} if args.epochs is None else {"epochs": args.epochs})}
     run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     backbone = load_backbone(for_inference=True)
@@ -338,7 +351,7 @@ def main() -> None:
                 runs[target.name] = TargetRun(target, backbone, EmbeddingCache())
             for budget in budgets:
                 for strategy in strategies:
-                    run_strategy(runs[target.name], strategy, budget, args.rounds, seed, run_dir, log, args.epochs)
+                    run_strategy(runs[target.name], strategy, budget, args.rounds, seed, run_dir, log, training)
     print(markdown_tables([json.loads(line) for line in (run_dir / "runs.jsonl").read_text().splitlines()]))
 
 

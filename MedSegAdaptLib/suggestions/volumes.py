@@ -66,13 +66,16 @@ __all__ = [
 class CohortVolume:
     """One volume of a cohort: image (a file, a DICOM folder or a Volume), its 3D box in IJK (a candidate's
     prompt, None for prompt-free segmentation; a labeled volume's label extent, None for every slice),
-    case_id (the name in the output; needed for an in-memory Volume without a path) and modality ('auto',
-    'ct' or 'mr')."""
+    case_id (the name in the output; needed for an in-memory Volume without a path), modality ('auto',
+    'ct' or 'mr') and structure: what to segment in this volume when it differs from the ranking's
+    structure (a cohort of lesions, each case with its own finding: 'lung nodule', 'brain tumor'); None:
+    the ranking's."""
 
     image: str | Path | Volume
     box: Box3D | None = None
     case_id: str | None = None
     modality: str = "auto"
+    structure: str | None = None
 
     def __post_init__(self) -> None:
         if self.case_id is None and isinstance(self.image, Volume) and self.image.path is None:
@@ -128,6 +131,7 @@ def _candidate_parts(segmenter: Segmenter, adapted_segmenter: Segmenter | None, 
                      progress: ProgressCallback | None) -> tuple[np.ndarray, dict[str, float | None]] | None:
     """(the (D,) mean pooled embedding over the predicted slices, the raw parts) of one candidate volume;
     None when the model predicts no `structure` in it."""
+    structure = item.structure or structure
     outcome, decoder, base = segment_for_scoring(segmenter, adapted_segmenter, volume, structure, item.box, (), axis,
                                                  item.modality, progress)
     if not outcome.mask.any():
@@ -151,6 +155,7 @@ def _labeled_embedding(segmenter: Segmenter, item: CohortVolume, structure: str,
     """(D,) mean pooled embedding of a labeled volume over the slices of its box along `axis` (every slice
     without one), with the intensity preset its candidates get."""
     volume = item.read()
+    structure = item.structure or structure
     modality = item.modality
     if modality == "auto":
         modality = detect_modality(volume.array, volume.modality_hint)[0]
@@ -186,7 +191,7 @@ def _rank(segmenter: Segmenter, cohort: list[CohortVolume], structure: str, budg
         volume = item.read()
         scored = _candidate_parts(segmenter, adapted_segmenter, volume, structure, item, axis, seed, options, progress)
         if scored is None:
-            skipped.append(f"{item.name}: the model predicts no {structure!r} in it")
+            skipped.append(f"{item.name}: the model predicts no {(item.structure or structure)!r} in it")
         else:
             pooled.append(scored[0])
             kept.append((item, volume.path, scored[1]))
@@ -210,8 +215,8 @@ def _rank(segmenter: Segmenter, cohort: list[CohortVolume], structure: str, budg
         n = pick.index
         item, image, values = kept[n]
         nearest = None if pick.nearest is None else names[pick.nearest]
-        reason = _reason(structure, asd[n], dkd[n], int(values["slices"]), bool(divergence_led[n]), bool(labeled),
-                         nearest, pick.nearest is not None and pick.nearest >= len(kept), options)
+        reason = _reason(item.structure or structure, asd[n], dkd[n], int(values["slices"]), bool(divergence_led[n]),
+                         bool(labeled), nearest, pick.nearest is not None and pick.nearest >= len(kept), options)
         suggestions.append(VolumeSuggestion(item.case_id, image, pick.score, float(dkd[n]), float(asd[n]), reason,
                                             {**values, "embedding_distance": float(distance[n]),
                                              "total": float(totals[n])}))
@@ -225,7 +230,8 @@ def suggest_volumes(segmenter: Segmenter, cohort: Sequence[CohortVolume], struct
     """Up to `budget` volumes of `cohort` to annotate in full next for `structure`, best first (see the module
     docstring), and notes on the volumes skipped.
 
-    cohort: the candidates, each with its box (or none when the model is prompt-free for `structure`);
+    cohort: the candidates, each with its box (or none when the model is prompt-free for its structure: its
+    own, else `structure`);
     labeled: the volumes already annotated in full, each with its label's extent as box; they anchor DKD and
     the diversity. segmenter: the pretrained model; adapted_segmenter: the current fine-tuned one, which then
     segments and whose divergence from `segmenter` enters DKD. Slices run along `axis`. Deterministic for a
@@ -233,10 +239,14 @@ def suggest_volumes(segmenter: Segmenter, cohort: Sequence[CohortVolume], struct
     """
     budget = check_budget(budget, "volumes")
     check_axis(axis)
-    prompt_free = _prompt_free(adapted_segmenter or segmenter, structure)
-    usable = [item for item in cohort if item.box is not None or prompt_free]
-    skipped = [f"{item.name}: no box, and the model needs a prompt for {structure!r}"
-               for item in cohort if item.box is None and not prompt_free]
+    current = adapted_segmenter or segmenter
+    usable, skipped = [], []
+    for item in cohort:
+        own = item.structure or structure
+        if item.box is not None or _prompt_free(current, own):
+            usable.append(item)
+        else:
+            skipped.append(f"{item.name}: no box, and the model needs a prompt for {own!r}")
     return _rank(segmenter, usable, structure, budget, labeled, adapted_segmenter, axis, seed, options, progress,
                  skipped, "the cohort")
 

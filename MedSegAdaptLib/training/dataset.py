@@ -59,7 +59,12 @@ __all__ = [
 @dataclass
 class TrainingSlice:
     """One annotated slice: mask (H, W) bool on the slice grid, rect (x0, y0, x1, y1) its tight box
-    in slice pixels (for a negative, an empty mask, the borrowed box), scale the slice-to-encoder-input factor, key / index the embedding's cache entry."""
+    in slice pixels (for a negative, an empty mask, the borrowed box), extent_rect the tight box of its
+    label's foreground over all the label's annotated slices along the axis (what a 3D box around the
+    structure gives every slice; None for a pseudo-label), neighbour_rects the tight boxes of the label's
+    annotated slices next to it (k - 1, k + 1) that hold it (what propagation from there prompts it
+    with), scale the slice-to-encoder-input factor, key /
+    index the embedding's cache entry."""
 
     case_id: str
     structure: str
@@ -70,6 +75,8 @@ class TrainingSlice:
     rect: np.ndarray
     scale: float | None = None  # set by SliceDataset.encode from the backbone's input size
     modality: str = "ct"
+    extent_rect: np.ndarray | None = None
+    neighbour_rects: tuple[np.ndarray, ...] = ()
     pseudo: bool = False  # a selected pseudo-label, not an annotation
     synthetic: bool = False  # of a MedSeg-Adapt synthetic label (a generated image), not of a real case
 
@@ -155,6 +162,7 @@ class SliceDataset:
                     self.partial.append(PartialAnnotation(row.case_id, row.structure, modality, job,
                                                           {int(i): np.ascontiguousarray(m) for i, m in zip(indices, masks)}))
                 positive = {int(i): m for i, m in zip(indices, masks) if m.sum() >= MIN_MASK_AREA}
+                extent = mask_rect(np.logical_or.reduce(list(positive.values()))) if positive else None
                 for index, mask in zip(indices, masks):
                     if mask.sum() >= MIN_MASK_AREA:
                         rect = mask_rect(mask)
@@ -166,7 +174,10 @@ class SliceDataset:
                     job.indices.add(int(index))
                     self.slices.append(TrainingSlice(row.case_id, row.structure, axis, int(index), key,
                                                      np.ascontiguousarray(mask), rect, modality=modality,
-                                                     synthetic=row.kind == "synthetic"))
+                                                     extent_rect=extent, synthetic=row.kind == "synthetic",
+                                                     neighbour_rects=tuple(mask_rect(positive[n]) for n in
+                                                                           (int(index) - 1, int(index) + 1)
+                                                                           if n in positive)))
         if not self.slices:
             raise InputError("the training view's annotated slices hold no foreground "
                              f"(at least {MIN_MASK_AREA} voxels per slice needed for a box prompt)")

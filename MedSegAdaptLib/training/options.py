@@ -16,7 +16,12 @@ class FineTuneOptions:
     """epochs: maximum epochs; an epoch is max(ceil(train slices / batch_size), min_steps_per_epoch)
     optimizer steps, so a handful of slices still gets a useful number of steps per epoch.
     box_margin / box_jitter: pixels added around a slice's mask box / random per-side change in
-    [-box_jitter, box_jitter]. validation_fraction, min_slices_for_validation, patience: see
+    [-box_jitter, box_jitter]. extent_box_share: the share of training prompts that are instead the box of
+    the label's whole extent over its annotated slices (+ margin and jitter), the box a 3D box prompt
+    gives the start slice of propagation, however small the structure is on that slice;
+    neighbour_box_share: the share that are instead the mask box of an annotated neighbouring slice
+    (k - 1 or k + 1), the box propagation carries onto the slice, too small where the structure grows
+    (0 and 0: every slice its own mask box). validation_fraction, min_slices_for_validation, patience: see
     MedSegAdaptLib.training.trainer.
     priors: MedSeg-R priors to train (a subset of location, texture, shape, semantic; empty: none).
     text_encoder: folder of a local CLIP text encoder (transformers format) that encodes the priors'
@@ -44,6 +49,8 @@ class FineTuneOptions:
     train_prompt_encoder: bool = False
     box_margin: int = 3
     box_jitter: int = 3
+    extent_box_share: float = 0.0
+    neighbour_box_share: float = 0.0
     validation_fraction: float = 0.2
     min_slices_for_validation: int = 10
     patience: int = 3
@@ -66,6 +73,12 @@ class FineTuneOptions:
             raise InputError(f"unknown priors {', '.join(unknown)}; expected some of {', '.join(PRIORS)}")
         if self.prompt not in PROMPTS:
             raise InputError(f"prompt {self.prompt!r}: expected one of {', '.join(PROMPTS)}")
+        shares = {"extent box share": self.extent_box_share, "neighbour box share": self.neighbour_box_share}
+        for name, share in shares.items():
+            if not 0 <= share <= 1:
+                raise InputError(f"{name} {share!r} is not a share of the training prompts; expected 0 to 1")
+        if sum(shares.values()) > 1:
+            raise InputError(f"extent and neighbour box shares add up to {sum(shares.values())!r}; expected at most 1")
         if not self.priors and not self.train_decoder:
             raise InputError("nothing to train: give priors, or let the mask decoder train")
         for name in ("epochs", "batch_size", "min_steps_per_epoch", "patience"):

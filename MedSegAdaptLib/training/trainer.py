@@ -131,17 +131,27 @@ def epoch_order(train_index: list[int], synthetic: list[bool], share: float | No
     return rng.permutation(np.concatenate([np.asarray(real), drawn]).astype(int))
 
 
-def prompt_boxes(items: list[TrainingSlice], margin: int, jitter: int,
-                 rng: np.random.Generator | None) -> torch.Tensor:
+def prompt_boxes(items: list[TrainingSlice], margin: int, jitter: int, rng: np.random.Generator | None,
+                 extent_share: float = 0.0, neighbour_share: float = 0.0) -> torch.Tensor:
     """(B, 4) boxes in encoder-input pixels: each slice's mask box + margin (+ a random per-side change
-    of up to `jitter` pixels with an rng), clipped to the slice, as propagation prompts a slice."""
+    of up to `jitter` pixels with an rng), clipped to the slice, as propagation prompts a slice. With an
+    rng, a slice takes instead, with probability `extent_share`, its extent_rect (as a 3D box prompts
+    the start slice of propagation) and with probability `neighbour_share` one of its neighbour_rects
+    (as propagation from the next slice prompts it), where it has them."""
     boxes = []
     for item in items:
+        rect = item.rect
+        if rng is not None and extent_share + neighbour_share > 0:
+            draw = rng.random()
+            if draw < extent_share and item.extent_rect is not None:
+                rect = item.extent_rect
+            elif extent_share <= draw < extent_share + neighbour_share and item.neighbour_rects:
+                rect = item.neighbour_rects[int(rng.integers(len(item.neighbour_rects)))]
         grow = np.full(4, margin, np.float32)
         if rng is not None and jitter > 0:
             grow += rng.integers(-jitter, jitter + 1, size=4)
         height, width = item.mask.shape
-        boxes.append(prompt_rect(item.rect, grow, np.array([0, 0, width - 1, height - 1], np.float32)) * item.scale)
+        boxes.append(prompt_rect(rect, grow, np.array([0, 0, width - 1, height - 1], np.float32)) * item.scale)
     return torch.from_numpy(np.stack(boxes).astype(np.float32))
 
 
@@ -383,8 +393,8 @@ class FineTuner:
         batches = []
         for step in range(steps):
             items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
-            boxes = choose_prompts(prompt_boxes(items, opts.box_margin, opts.box_jitter, rng).to(self.device),
-                                   opts.prompt, rng)
+            boxes = choose_prompts(prompt_boxes(items, opts.box_margin, opts.box_jitter, rng, opts.extent_box_share,
+                                                opts.neighbour_box_share).to(self.device), opts.prompt, rng)
             batches.append((items, boxes))
         return distributed.shard(batches)
 
