@@ -286,6 +286,9 @@ def test_finetune_parser():
     assert (str(args.store), str(args.output), args.device, args.epochs, str(args.resume), args.lr) == \
         ("STORE", "ft.pt", "cpu", 3, "old.pt", 5e-5)
     assert args.func.__name__ == "run_finetune"
+    shares = parser.parse_args(["finetune", "STORE", "-o", "ft.pt", "--extent-box-share", "0.25",
+                                "--neighbour-box-share", "0.5"])
+    assert (shares.extent_box_share, shares.neighbour_box_share) == (0.25, 0.5)
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "STORE"])  # -o is required
 

@@ -86,6 +86,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="with synthetic (MedSeg-Adapt) labels beside corrections: their share of each epoch's "
                              "slices, real slices alone validating; 'proportional' draws every slice alike "
                              "(default: %(default)s)")
+    parser.add_argument("--extent-box-share", type=float, default=defaults.extent_box_share,
+                        help="share of training prompts that are the box of the label's whole extent, as a 3D box "
+                             "prompts the start slice (default: %(default)s)")
+    parser.add_argument("--neighbour-box-share", type=float, default=defaults.neighbour_box_share,
+                        help="share of training prompts that are an annotated neighbouring slice's mask box, as "
+                             "propagation prompts the next slice (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
 
 
@@ -129,7 +135,8 @@ def fine_tune_from_args(args: argparse.Namespace, store, device: torch.device | 
                               train_decoder=not args.freeze_decoder,
                               prompt=args.prompt, semi_supervised=args.semi_supervised,
                               confidence_percentile=args.confidence_percentile,
-                              distance_percentile=args.distance_percentile, synthetic_share=args.synthetic_share)
+                              distance_percentile=args.distance_percentile, synthetic_share=args.synthetic_share,
+                              extent_box_share=args.extent_box_share, neighbour_box_share=args.neighbour_box_share)
     device = resolve_device(args.device) if device is None else device
     main = world().main
     progress = TerminalProgress() if main else None
