@@ -8,7 +8,9 @@ volumes are small, so that each ranking decodes a few slices on cached embedding
 """
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,6 +34,7 @@ from MedSegAdaptLib.suggestions import (
     suggest_volumes,
     suggest_volumes_from_store,
 )
+from MedSegAdaptLib.suggestions.options import VOLUME_RANKING
 from MedSegAdaptLib.suggestions.scoring import select_diverse
 
 STRUCTURE = "left lung"
@@ -124,6 +127,15 @@ def test_a_volume_unlike_the_labeled_one_ranks_above_its_near_duplicate(ranking)
     assert by_case["near"].dkd == 0.0 and by_case["lowdose"].dkd == 1.0
     near = by_case["near"]  # however hard its boundary, its likeness to the labeled volume sinks its score
     assert near.score < 0.1 * near.components["total"] and "nearest labeled volume: labeled" in near.reason
+
+
+def test_by_default_the_case_whose_boundary_is_least_certain_comes_first(cohort, suggester, ranking):
+    for function in (suggest_volumes, suggest_volumes_from_store):
+        assert inspect.signature(function).parameters["options"].default is VOLUME_RANKING
+    default = suggest_volumes_from_store(cohort, STRUCTURE, 5, suggester, options=replace(VOLUME_RANKING, augmentations=2))
+    by_asd = sorted(ranking.suggestions, key=lambda s: s.asd, reverse=True)  # same ASD: same decoding options
+    assert [s.case_id for s in default.suggestions] == [s.case_id for s in by_asd]
+    assert [s.score for s in default.suggestions] == pytest.approx([s.asd for s in by_asd])
 
 
 def _label_box(cohort: FineTuningStore, case_id: str, margin: int) -> Box3D:

@@ -19,12 +19,14 @@ model. Three numbers per round:
 
 Strategies:
 
-- assft: `suggest_volumes` with the `suggest` defaults; candidates prompted by their reference box + margin,
+- assft: `suggest_volumes` with the slice ranking's weights (DKD + ASD, diversity 1: the `suggest --volumes`
+  default until this benchmark); candidates prompted by their reference box + margin,
   the annotated cases as labeled volumes (box: their reference extent) and, from round 2 on, the previous
   round's fine-tuned model as the adapted model (it segments the candidates; its divergence from the
   pretrained model enters DKD);
-- largest uncertainty: the same ranking with ASD alone and no diversity (weight_dkd 0, weight_asd 1,
-  diversity 0): the case whose boundary the current model is least sure of;
+- largest uncertainty: the same ranking with ASD alone and no diversity (`VOLUME_RANKING`: weight_dkd 0,
+  weight_asd 1, diversity 0), the case whose boundary the current model is least sure of; the
+  `suggest --volumes` default since it won here;
 - random: one case drawn among those not annotated (one generator per seed, over all rounds).
 
 A seed seeds the random draws, every fine-tuning run and the suggestions' box jitter.
@@ -56,11 +58,11 @@ from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.store import FineTuningStore
 from MedSegAdaptLib.suggestions import CohortVolume, ScoringOptions, suggest_volumes
+from MedSegAdaptLib.suggestions.options import VOLUME_RANKING
 
 AXIS = 2
 STRATEGIES = ("assft", "largest uncertainty", "random")
-RANKING_OPTIONS = {"assft": ScoringOptions(),
-                   "largest uncertainty": ScoringOptions(weight_dkd=0.0, weight_asd=1.0, diversity=0.0)}
+RANKING_OPTIONS = {"assft": ScoringOptions(), "largest uncertainty": VOLUME_RANKING}
 SCORES = ("cohort", "remaining", "model")
 
 

@@ -33,9 +33,10 @@ def add_suggest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "then spread the picks evenly over the structure's slices, the scores breaking ties "
                     "(ranking for correction: the best scores, kept apart). Our adaptation of ASSFT's active "
                     "learning (the paper gives no formulas). Slices already annotated are never suggested. With "
-                    "--volumes, rank the cases of a store instead: whole volumes to annotate next, scored by the "
-                    "mean ASD over their predicted slices and the DKD of their mean embedding from the volumes "
-                    "annotated in full, which are never suggested.")
+                    "--volumes, rank the cases of a store instead: whole volumes to annotate next, the one whose "
+                    "boundary the model is least sure of first (mean ASD over its predicted slices; the DKD of "
+                    "its mean embedding from the volumes annotated in full, which are never suggested, is "
+                    "reported beside it).")
     parser.add_argument("target", type=Path, metavar="IMAGE_OR_STORE",
                         help="an image file or DICOM folder, or a fine-tuning store folder (its annotated slices "
                              "are skipped; without --box-ijk its latest prediction or correction gives the box)")

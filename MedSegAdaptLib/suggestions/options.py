@@ -69,3 +69,9 @@ RANKING_PURPOSES: dict[str, ScoringOptions] = {
     "correction": ScoringOptions(edge_band=0.0, coverage_window=None),
 }
 """What suggestions rank slices for, and the scoring options that do it."""
+
+VOLUME_RANKING = ScoringOptions(weight_dkd=0.0, weight_asd=1.0, diversity=0.0)
+"""How `suggest --volumes` ranks whole cases: by ASD alone, the case whose boundary the current model is least
+sure of, without DKD or diversity. It won the volume-ranking benchmark of docs/suggestions.md (cohort Dice
+after 3 cases 0.96 against 0.87 for DKD + ASD + diversity, which opened a case the model already segmented
+at 0.94 because it was far from the annotated ones); 5 cases only."""

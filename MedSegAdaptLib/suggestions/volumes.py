@@ -23,6 +23,9 @@ publishes no formulas.
   multiplying the others' totals by min(1, cosine distance / D) ** diversity to the nearest picked or
   labeled volume, D the median pairwise distance of the candidates (:func:`.scoring.select_diverse`
   without its slice-position term), so a near-duplicate of a labeled or picked volume comes last.
+- Defaults (:data:`.options.VOLUME_RANKING`): ASD alone (weight_dkd 0, diversity 0), which won the volume
+  ranking benchmark; DKD is still computed and reported with each suggestion, and weighs in with other
+  options.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from MedSegAdaptLib.inference.slice_encoder import knowledge_distance, pooled_em
 from MedSegAdaptLib.io import Volume, read_volume
 from MedSegAdaptLib.io.modality import detect_modality
 from MedSegAdaptLib.store import FineTuningStore
-from MedSegAdaptLib.suggestions.options import ScoringOptions
+from MedSegAdaptLib.suggestions.options import VOLUME_RANKING, ScoringOptions
 from MedSegAdaptLib.suggestions.scoring import combine_scores, select_diverse
 from MedSegAdaptLib.suggestions.slices import (
     candidate_prompts,
@@ -225,7 +228,7 @@ def _rank(segmenter: Segmenter, cohort: list[CohortVolume], structure: str, budg
 
 def suggest_volumes(segmenter: Segmenter, cohort: Sequence[CohortVolume], structure: str, budget: int,
                     labeled: Sequence[CohortVolume] = (), adapted_segmenter: Segmenter | None = None, axis: int = 2,
-                    seed: int = 0, options: ScoringOptions = ScoringOptions(),
+                    seed: int = 0, options: ScoringOptions = VOLUME_RANKING,
                     progress: ProgressCallback | None = None) -> VolumeRanking:
     """Up to `budget` volumes of `cohort` to annotate in full next for `structure`, best first (see the module
     docstring), and notes on the volumes skipped.
@@ -253,7 +256,7 @@ def suggest_volumes(segmenter: Segmenter, cohort: Sequence[CohortVolume], struct
 
 def suggest_volumes_from_store(store: FineTuningStore, structure: str, budget: int, segmenter: Segmenter,
                                adapted_segmenter: Segmenter | None = None, axis: int = 2, seed: int = 0,
-                               options: ScoringOptions = ScoringOptions(),
+                               options: ScoringOptions = VOLUME_RANKING,
                                progress: ProgressCallback | None = None) -> VolumeRanking:
     """:func:`suggest_volumes` on the cases of a fine-tuning store, by case id.
 
