@@ -7,8 +7,6 @@ PYTHON ?= python3
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.deps-$(DEPS_HASH)
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test`: whole test files per worker, so module fixtures are built once.
-TEST_WORKERS ?= 2
 
 .PHONY: setup cases demo test test-fast bench evaluate clean
 
@@ -33,7 +31,7 @@ demo: setup
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: setup cases
-	"$(VENV)/bin/python" -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); status=$$?; \
+	"$(VENV)/bin/python" -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # Local quick run: skips the tests that run the real LiteMedSAM weights.

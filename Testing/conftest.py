@@ -61,15 +61,8 @@ def litemedsam():
 def embedding_dir(tmp_path_factory: pytest.TempPathFactory):
     """The session's disk embedding cache, for commands given --cache-dir and for torchrun's processes:
     each CTChest4 slice is encoded once per intensity preset by the packaged encoder (ONNX Runtime).
-    Tests that count encoded slices, or run the encoder in PyTorch, keep caches of their own. Under
-    pytest-xdist the workers share one folder (writes are atomic), so a slice is encoded once per run."""
-    import os
-
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return tmp_path_factory.mktemp("embeddings")
-    shared = tmp_path_factory.getbasetemp().parent / "embeddings"
-    shared.mkdir(exist_ok=True)
-    return shared
+    Tests that count encoded slices, or run the encoder in PyTorch, keep caches of their own."""
+    return tmp_path_factory.mktemp("embeddings")
 
 
 @pytest.fixture(scope="session")
