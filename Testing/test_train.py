@@ -362,6 +362,8 @@ def test_an_epoch_is_a_pass_over_the_real_slices_with_as_many_synthetic_draws():
     assert sorted(epoch_order(list(range(206)), synthetic, None, rng)) == list(range(206))  # in proportion
     few = epoch_order([0, 1, 2, 3, 6], synthetic, 0.75, rng)  # 12 draws from 1 synthetic slice: it repeats
     assert sorted(few)[:4] == [0, 1, 2, 3] and list(few).count(6) == 12
+    one = epoch_order([0, 6, 7], synthetic, 0.25, rng)  # 1/3 of a synthetic draw: one, not none
+    assert sorted(one)[0] == 0 and len(one) == 2 and one.max() >= 6
 
 
 def test_only_real_slices_are_held_out_for_validation_with_a_synthetic_share():

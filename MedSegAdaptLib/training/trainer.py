@@ -121,12 +121,12 @@ def epoch_order(train_index: list[int], synthetic: list[bool], share: float | No
                 rng: np.random.Generator) -> np.ndarray:
     """One epoch's pass over the training slices (indices into the dataset), shuffled: with a synthetic
     `share` and both kinds present, every real slice once plus round(real * share / (1 - share)) synthetic
-    slices drawn without repeats (cycling when there are fewer); otherwise every slice once."""
+    slices, at least one, drawn without repeats (cycling when there are fewer); otherwise every slice once."""
     real = [i for i in train_index if not synthetic[i]]
     generated = [i for i in train_index if synthetic[i]]
     if share is None or not real or not generated:
         return rng.permutation(train_index)
-    wanted = round(len(real) * share / (1 - share))
+    wanted = max(1, round(len(real) * share / (1 - share)))  # one corrected slice at share 0.25 rounds to 0
     drawn = np.concatenate([rng.permutation(generated) for _ in range(math.ceil(wanted / len(generated)))])[:wanted]
     return rng.permutation(np.concatenate([np.asarray(real), drawn]).astype(int))
 
