@@ -7,21 +7,44 @@ preset's margin or component rule, a bone window, no knowledge-base intensity cu
 autocast. Slice embeddings are
 cached in memory across the variants that share a preprocessing.
 
+--fine-tuned SEEDS asks how the propagation variants (those that keep the windows) behave with the
+models users get after correcting: per target and seed, the mask decoder fine-tuned with the
+`finetune` defaults on the reference of `corrected_slices` (3 evenly spaced slices, one per three
+slices of a short lesion), scored from the same 3D box by Dice over the slices that were not
+corrected, beside the pretrained model on the same slices.
+
     python benchmarks/ablate_pipeline.py
+    python benchmarks/ablate_pipeline.py --fine-tuned 0,1,2 [--targets "brain1;lung2"] [--variants "default;lesions: no contrast rule"]
 """
 from __future__ import annotations
 
+import argparse
+import tempfile
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
-from MedSegAdaptLib.harness.real_cases import RealTarget, evaluate_target, real_targets
+import numpy as np
+
+from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
+from MedSegAdaptLib.demos.feedback_loop import held_out_dice
+from MedSegAdaptLib.harness.real_cases import (
+    RealTarget,
+    corrected_slices,
+    corrections_store,
+    evaluate_target,
+    real_targets,
+)
 from MedSegAdaptLib.inference import (
+    Box3D,
     EmbeddingCache,
     PropagationOptions,
     Segmenter,
     preprocess,
 )
 from MedSegAdaptLib.models import load_backbone
+from MedSegAdaptLib.training import FineTuneOptions, fine_tune
 
 OptionsFor = Callable[[RealTarget, PropagationOptions], PropagationOptions]
 
@@ -43,12 +66,65 @@ VARIANTS: list[tuple[str, OptionsFor, dict[str, tuple[float, float]]]] = [
 ]
 
 
+def held_out_scores(segmenter: Segmenter, target: RealTarget, corrected: list[int],
+                    variants: list[tuple[str, OptionsFor]]) -> dict[str, float]:
+    """Variant name -> Dice over the uncorrected slices, segmented from the reference box + margin."""
+    box = Box3D.around(target.reference, REFERENCE_BOX_MARGIN)
+    return {name: held_out_dice(segmenter.segment(target.volume, target.structure, box=box, modality=target.modality,
+                                                  options=options_for(target, segmenter.options_for(target.structure))
+                                                  ).mask, target.reference, corrected)
+            for name, options_for in variants}
+
+
+def fine_tuned_ablation(targets: list[RealTarget], seeds: list[int], variants: list[tuple[str, OptionsFor]]) -> None:
+    """Print, per variant and target, the pretrained and the fine-tuned (mean +- sd over seeds) held-out Dice."""
+    backbone = load_backbone(for_inference=True)
+    cache = EmbeddingCache()
+    pretrained, tuned = {}, defaultdict(lambda: defaultdict(list))
+    for target in targets:
+        corrected = corrected_slices(target.reference)
+        pretrained[target.name] = held_out_scores(Segmenter(backbone, cache), target, corrected, variants)
+        print(target.name, "corrected", corrected, "pretrained", pretrained[target.name], flush=True)
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as folder:
+                with corrections_store(Path(folder) / "store", target, corrected) as store:
+                    fine_tune(store, Path(folder) / "ft.pt", options=FineTuneOptions(seed=seed), cache=cache)
+                model = Segmenter(load_backbone(checkpoint=Path(folder) / "ft.pt", for_inference=True), cache)
+                scores = held_out_scores(model, target, corrected, variants)
+            print(target.name, "seed", seed, scores, flush=True)
+            for name, value in scores.items():
+                tuned[name][target.name].append(value)
+    names = [target.name.replace("CTChest4 ", "") for target in targets]
+    print("\nDice over the uncorrected slices, pretrained -> fine-tuned (mean +- sd over seeds "
+          f"{','.join(map(str, seeds))})\n")
+    print("| variant | " + " | ".join(names) + " | mean fine-tuned |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for name, _ in variants:
+        cells = [f"{pretrained[t.name][name]:.3f} -> {np.mean(tuned[name][t.name]):.3f} +- {np.std(tuned[name][t.name]):.3f}"
+                 for t in targets]
+        mean = np.mean([np.mean(tuned[name][t.name]) for t in targets])
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean:.3f} |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fine-tuned", default=None, help="comma-separated seeds: ablate with fine-tuned models")
+    parser.add_argument("--targets", default=None, help="';'-separated real targets (default: all)")
+    parser.add_argument("--variants", default=None, help="';'-separated variant names (default: all)")
+    args = parser.parse_args()
     targets = real_targets()
+    if args.targets:
+        wanted = args.targets.split(";")
+        targets = [target for target in targets if target.name in wanted]
+    chosen = [v for v in VARIANTS if args.variants is None or v[0] in args.variants.split(";")]
+    if args.fine_tuned is not None:
+        fine_tuned_ablation(targets, [int(seed) for seed in args.fine_tuned.split(",")],
+                            [(name, options_for) for name, options_for, windows in chosen if not windows])
+        return
     backbone = load_backbone(for_inference=True)
     cache = EmbeddingCache()
     rows = []
-    for name, options_for, windows in VARIANTS:
+    for name, options_for, windows in chosen:
         saved = dict(preprocess.CT_WINDOWS)
         preprocess.CT_WINDOWS.update(windows)
         segmenter = Segmenter(backbone, cache)

@@ -42,10 +42,15 @@ import numpy as np
 
 from MedSegAdaptLib.core.axes import occupied_slices
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
-from MedSegAdaptLib.demos.feedback_loop import held_out_dice, uniform_slices
+from MedSegAdaptLib.demos.feedback_loop import held_out_dice
 from MedSegAdaptLib.environments.pipeline import generate_samples, summarize
 from MedSegAdaptLib.environments.simulators import environment
-from MedSegAdaptLib.harness.real_cases import RealTarget, real_targets
+from MedSegAdaptLib.harness.real_cases import (
+    RealTarget,
+    corrected_slices,
+    corrections_store,
+    real_targets,
+)
 from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import Volume
 from MedSegAdaptLib.io.geometry import Geometry
@@ -75,26 +80,12 @@ def slab(target: RealTarget) -> RealTarget:
     return dataclasses.replace(target, volume=volume, reference=np.ascontiguousarray(target.reference[:, :, lo:hi]))
 
 
-def corrected_slices(reference: np.ndarray) -> list[int]:
-    """The K slices the expert corrected: 3 evenly spaced, one per three slices of a short structure."""
-    count = max(1, min(3, len(occupied_slices(reference, 2)) // 3))
-    return uniform_slices(reference, count)
-
-
 def score(segmenter: Segmenter, volume: Volume, target: RealTarget, reference: np.ndarray,
           modality: str, corrected: list[int]) -> float:
     """Dice over the uncorrected slices, segmented from the reference box + margin."""
     box = Box3D.around(reference, REFERENCE_BOX_MARGIN)
     mask = segmenter.segment(volume, target.structure, box=box, modality=modality).mask
     return held_out_dice(mask, reference, corrected)
-
-
-def corrections_store(folder: Path, target: RealTarget, corrected: list[int]) -> FineTuningStore:
-    """A fresh store with the case and its K corrected slices."""
-    store = FineTuningStore.init(folder)
-    store.add_image(target.volume, "case", modality=target.modality)
-    store.submit_mask("case", target.structure, target.reference, "reference", annotated_slices={"k": corrected})
-    return store
 
 
 def parse_variant(text: str) -> tuple[str, float | None]:

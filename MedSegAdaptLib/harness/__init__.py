@@ -8,6 +8,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "RealTarget": "real_cases",
     "ReportResult": "report_cases",
     "corrected_box": "simulated_edits",
+    "corrected_slices": "real_cases",
+    "corrections_store": "real_cases",
     "corrective_click": "simulated_edits",
     "evaluate_report": "report_cases",
     "report_phrasings": "report_cases",

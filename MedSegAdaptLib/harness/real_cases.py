@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,6 +28,7 @@ from MedSegAdaptLib.core.axes import (
 )
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.core.errors import InputError
+from MedSegAdaptLib.demos.feedback_loop import uniform_slices
 from MedSegAdaptLib.evaluation.metrics import dice, hd95_mm
 from MedSegAdaptLib.inference.preprocess import preset_for
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
@@ -38,8 +40,9 @@ from MedSegAdaptLib.inference.propagation import (
 from MedSegAdaptLib.inference.segmenter import Segmenter
 from MedSegAdaptLib.io.volume import Volume
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
+from MedSegAdaptLib.store.store import FineTuningStore
 
-__all__ = ["CTCHEST4_STRUCTURES", "PROMPT_KINDS", "RealTarget", "evaluate_target", "real_targets",
+__all__ = ["CTCHEST4_STRUCTURES", "PROMPT_KINDS", "RealTarget", "corrected_slices", "corrections_store", "evaluate_target", "real_targets",
            "reference_prompt"]
 
 PROMPT_KINDS = ("box", "slice boxes", "point", "2d box")
@@ -62,6 +65,22 @@ class RealTarget:
     def is_lesion(self) -> bool:
         """Whether the knowledge base files the structure as a lesion (as the Segmenter's presets do)."""
         return KnowledgeBase.load().category_of(self.structure) == "lesion"
+
+
+def corrected_slices(reference: np.ndarray, axis: int = DEFAULT_AXIS) -> list[int]:
+    """The slices an expert corrects in the cohort benchmarks: 3 evenly spaced inside the reference's
+    extent, or one per three slices of a short structure (lesions on 3-5 slices get 1)."""
+    count = max(1, min(3, len(occupied_slices(reference, axis)) // 3))
+    return uniform_slices(reference, count, axis)
+
+
+def corrections_store(folder: str | Path, target: RealTarget, corrected: list[int]) -> FineTuningStore:
+    """A fresh store at `folder` holding the target's volume as case 'case' and its reference on the
+    `corrected` axial slices, as one partial correction."""
+    store = FineTuningStore.init(folder)
+    store.add_image(target.volume, "case", modality=target.modality)
+    store.submit_mask("case", target.structure, target.reference, "reference", annotated_slices={"k": corrected})
+    return store
 
 
 def real_targets(lesions: bool = True, ctchest4: bool = True) -> list[RealTarget]:
