@@ -57,7 +57,7 @@ VARIANTS: list[tuple[str, OptionsFor, dict[str, tuple[float, float]]]] = [
     ("default", lambda target, preset: preset, {}),
     ("classic lung window L-600/W1500", lambda target, preset: preset, {"lung": (-600.0, 1500.0)}),
     ("no intensity stopping rule", lambda target, preset: replace(preset, max_intensity_shift=1.0), {}),
-    ("lesions: the organs' intensity rule (0.2)", _lesions_only({"max_intensity_shift": 0.2}), {}),
+    ("lesions: the tighter intensity rule (0.1, the default before 2026-12-03)", _lesions_only({"max_intensity_shift": 0.1}), {}),
     ("lesions: no contrast rule", _lesions_only({"min_contrast": 0.0}), {}),
     ("lesions: every component kept", _lesions_only({"largest_component": False}), {}),
     ("lesions: margin 5 pixels", _lesions_only({"margin": 5}), {}),
