@@ -7,6 +7,7 @@ import pytest
 from MedSegAdaptLib.core.errors import InputError
 from MedSegAdaptLib.harness.real_cases import (
     RealTarget,
+    corrected_slices,
     evaluate_target,
     reference_prompt,
 )
@@ -39,6 +40,15 @@ def test_reference_prompts_of_each_kind():
     assert box is None and point.ijk == (20, 12, 5) and point.label == 1  # centre of the middle slice
     flat, points = reference_prompt(mask, "2d box")
     assert flat.is_2d(2) and flat.lo[2] == 5 and (flat.lo[:2], flat.hi[:2]) == ((12, 4), (28, 20)) and not points
+
+
+def test_corrected_slices_are_three_evenly_spaced_or_one_per_three_slices_of_a_short_structure():
+    assert corrected_slices(_blob()) == [6]  # 4 slices (4-7): one, in the middle
+    long = np.zeros((4, 4, 20), dtype=bool)
+    long[..., 2:14] = True  # 12 slices: three, evenly spaced inside the extent
+    assert corrected_slices(long) == [5, 8, 10]
+    long[..., 8:14] = False  # 6 slices (2-7): two
+    assert corrected_slices(long) == [4, 5]
 
 
 def test_reference_prompts_refuse_empty_references_and_unknown_kinds():

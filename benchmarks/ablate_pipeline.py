@@ -27,17 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
-from MedSegAdaptLib.demos.feedback_loop import held_out_dice
 from MedSegAdaptLib.harness.real_cases import (
     RealTarget,
     corrected_slices,
     corrections_store,
     evaluate_target,
+    held_out_box_dice,
     real_targets,
 )
 from MedSegAdaptLib.inference import (
-    Box3D,
     EmbeddingCache,
     PropagationOptions,
     Segmenter,
@@ -69,10 +67,8 @@ VARIANTS: list[tuple[str, OptionsFor, dict[str, tuple[float, float]]]] = [
 def held_out_scores(segmenter: Segmenter, target: RealTarget, corrected: list[int],
                     variants: list[tuple[str, OptionsFor]]) -> dict[str, float]:
     """Variant name -> Dice over the uncorrected slices, segmented from the reference box + margin."""
-    box = Box3D.around(target.reference, REFERENCE_BOX_MARGIN)
-    return {name: held_out_dice(segmenter.segment(target.volume, target.structure, box=box, modality=target.modality,
-                                                  options=options_for(target, segmenter.options_for(target.structure))
-                                                  ).mask, target.reference, corrected)
+    return {name: held_out_box_dice(segmenter, target.volume, target.structure, target.modality, target.reference,
+                                    corrected, options_for(target, segmenter.options_for(target.structure)))
             for name, options_for in variants}
 
 
@@ -106,6 +102,15 @@ def fine_tuned_ablation(targets: list[RealTarget], seeds: list[int], variants: l
         print(f"| {name} | " + " | ".join(cells) + f" | {mean:.3f} |")
 
 
+def named(text: str, known: list[str], what: str) -> list[str]:
+    """The ';'-separated names of `text`; SystemExit naming any that is not in `known`."""
+    wanted = [name.strip() for name in text.split(";") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what} {', '.join(map(repr, unknown))}; expected some of: {'; '.join(known)}")
+    return wanted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fine-tuned", default=None, help="comma-separated seeds: ablate with fine-tuned models")
@@ -114,10 +119,14 @@ def main() -> None:
     args = parser.parse_args()
     targets = real_targets()
     if args.targets:
-        wanted = args.targets.split(";")
-        targets = [target for target in targets if target.name in wanted]
-    chosen = [v for v in VARIANTS if args.variants is None or v[0] in args.variants.split(";")]
+        targets = [target for target in targets if target.name in named(args.targets, [t.name for t in targets],
+                                                                         "target")]
+    chosen = VARIANTS if args.variants is None else [
+        v for v in VARIANTS if v[0] in named(args.variants, [v[0] for v in VARIANTS], "variant")]
     if args.fine_tuned is not None:
+        windowed = [name for name, _, windows in chosen if windows]
+        if windowed:
+            print("--fine-tuned skips the variants that change a window:", "; ".join(windowed), flush=True)
         fine_tuned_ablation(targets, [int(seed) for seed in args.fine_tuned.split(",")],
                             [(name, options_for) for name, options_for, windows in chosen if not windows])
         return

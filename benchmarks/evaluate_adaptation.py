@@ -42,16 +42,16 @@ import numpy as np
 
 from MedSegAdaptLib.core.axes import occupied_slices
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
-from MedSegAdaptLib.demos.feedback_loop import held_out_dice
 from MedSegAdaptLib.environments.pipeline import generate_samples, summarize
 from MedSegAdaptLib.environments.simulators import environment
 from MedSegAdaptLib.harness.real_cases import (
     RealTarget,
     corrected_slices,
     corrections_store,
+    held_out_box_dice,
     real_targets,
 )
-from MedSegAdaptLib.inference import Box3D, EmbeddingCache, Segmenter
+from MedSegAdaptLib.inference import EmbeddingCache, Segmenter
 from MedSegAdaptLib.io import Volume
 from MedSegAdaptLib.io.geometry import Geometry
 from MedSegAdaptLib.models import load_backbone
@@ -80,14 +80,6 @@ def slab(target: RealTarget) -> RealTarget:
     return dataclasses.replace(target, volume=volume, reference=np.ascontiguousarray(target.reference[:, :, lo:hi]))
 
 
-def score(segmenter: Segmenter, volume: Volume, target: RealTarget, reference: np.ndarray,
-          modality: str, corrected: list[int]) -> float:
-    """Dice over the uncorrected slices, segmented from the reference box + margin."""
-    box = Box3D.around(reference, REFERENCE_BOX_MARGIN)
-    mask = segmenter.segment(volume, target.structure, box=box, modality=modality).mask
-    return held_out_dice(mask, reference, corrected)
-
-
 def parse_variant(text: str) -> tuple[str, float | None]:
     """'exact:0.5' -> ('exact', 0.5); 'pseudo:proportional' -> ('pseudo', None)."""
     labels, _, share = text.partition(":")
@@ -104,8 +96,10 @@ def run_target(target: RealTarget, seeds: list[int], variants: list[str], count:
     held_out = test.labels["reference"]
 
     def both(segmenter: Segmenter) -> dict[str, float]:
-        return {"environment data": score(segmenter, test.volume, target, held_out, test.modality, corrected),
-                "source data": score(segmenter, target.volume, target, target.reference, target.modality, corrected)}
+        return {"environment data": held_out_box_dice(segmenter, test.volume, target.structure, test.modality,
+                                                      held_out, corrected),
+                "source data": held_out_box_dice(segmenter, target.volume, target.structure, target.modality,
+                                                 target.reference, corrected)}
 
     def append(row: dict) -> None:
         row = {"target": target.name, "environment": name, "corrected": corrected, **row}

@@ -14,6 +14,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "evaluate_report": "report_cases",
     "report_phrasings": "report_cases",
     "evaluate_target": "real_cases",
+    "held_out_box_dice": "real_cases",
     "real_targets": "real_cases",
     "reference_prompt": "real_cases",
     "worst_slice": "simulated_edits",

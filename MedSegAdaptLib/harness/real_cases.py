@@ -28,7 +28,7 @@ from MedSegAdaptLib.core.axes import (
 )
 from MedSegAdaptLib.core.constants import REFERENCE_BOX_MARGIN
 from MedSegAdaptLib.core.errors import InputError
-from MedSegAdaptLib.demos.feedback_loop import uniform_slices
+from MedSegAdaptLib.demos.feedback_loop import held_out_dice, uniform_slices
 from MedSegAdaptLib.evaluation.metrics import dice, hd95_mm
 from MedSegAdaptLib.inference.preprocess import preset_for
 from MedSegAdaptLib.inference.prompts import Box3D, Point3D, mask_rect
@@ -42,8 +42,8 @@ from MedSegAdaptLib.io.volume import Volume
 from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.store.store import FineTuningStore
 
-__all__ = ["CTCHEST4_STRUCTURES", "PROMPT_KINDS", "RealTarget", "corrected_slices", "corrections_store", "evaluate_target", "real_targets",
-           "reference_prompt"]
+__all__ = ["CTCHEST4_STRUCTURES", "PROMPT_KINDS", "RealTarget", "corrected_slices", "corrections_store", "evaluate_target",
+           "held_out_box_dice", "real_targets", "reference_prompt"]
 
 PROMPT_KINDS = ("box", "slice boxes", "point", "2d box")
 
@@ -81,6 +81,15 @@ def corrections_store(folder: str | Path, target: RealTarget, corrected: list[in
     store.add_image(target.volume, "case", modality=target.modality)
     store.submit_mask("case", target.structure, target.reference, "reference", annotated_slices={"k": corrected})
     return store
+
+
+def held_out_box_dice(segmenter: Segmenter, volume: Volume, structure: str, modality: str, reference: np.ndarray,
+                      corrected: list[int], options: PropagationOptions | None = None) -> float:
+    """Dice over the axial slices not in `corrected`, `structure` segmented in `volume` from the (I, J, K)
+    `reference`'s box + REFERENCE_BOX_MARGIN; options: propagation options (None: the structure's preset)."""
+    box = Box3D.around(reference, REFERENCE_BOX_MARGIN)
+    mask = segmenter.segment(volume, structure, box=box, modality=modality, options=options).mask
+    return held_out_dice(mask, reference, corrected)
 
 
 def real_targets(lesions: bool = True, ctchest4: bool = True) -> list[RealTarget]:
