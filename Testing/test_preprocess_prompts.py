@@ -140,3 +140,27 @@ def test_intensity_cut_removes_only_voxels_far_outside_the_expected_range():
     kept = cut_to_expected_hu(mask, hounsfield, [(-900.0, -700.0)], tolerance=300.0)
     assert kept.ravel().tolist() == [True, True, True, False, False, False]
     assert cut_to_expected_hu(mask, hounsfield, []) is mask
+
+
+def test_a_chain_keeps_the_first_mask_no_stop_rule_ends():
+    from MedSegAdaptLib.inference.propagation import (
+        first_passing,
+        mask_vanished,
+        predicted_iou_below,
+    )
+
+    follow, rectangle = np.zeros((2, 8, 8), dtype=bool)
+    follow[2:4, 2:4] = True  # 4 pixels
+    rectangle[1:7, 1:7] = True  # 36 pixels
+    masks = np.stack([follow, rectangle])
+    rules = [mask_vanished(10)]
+    # the follow box's mask vanishes: both orders fall back on the rectangle's, which passes
+    assert first_passing(3, masks, np.array([0.9, 0.6]), rules, confident_first=False) == (1, None)
+    assert first_passing(3, masks, np.array([0.9, 0.6]), rules, confident_first=True) == (1, None)
+    # both pass: prompt order keeps the follow box, confidence the more confident rectangle
+    assert first_passing(3, masks, np.array([0.6, 0.9]), [], confident_first=False) == (0, None)
+    assert first_passing(3, masks, np.array([0.6, 0.9]), [], confident_first=True) == (1, None)
+    # both end the chain: the first in order, with its own reason
+    kept, reason = first_passing(3, masks, np.array([0.5, 0.4]), [predicted_iou_below(0.7)], confident_first=True)
+    assert kept == 0 and reason == "predicted IoU 0.50 < 0.7 at slice 3"
+    assert first_passing(3, masks[:1], np.array([0.5]), rules, confident_first=True) == (0, "mask vanished at slice 3")

@@ -3,7 +3,7 @@
 Targets: CTChest4's structures and the five clinical lesions (`make cases`); one 3D box from the
 reference extent + 2 voxels, Dice per target. Each variant changes one thing: the classic lung
 window, a stopping rule off or changed (for every structure, or for lesions only), the lesion
-preset's margin or component rule, a bone window, no knowledge-base intensity cut, bf16 encoder
+preset's margin, component rule or second prompt (the 3D box's rectangle), a bone window, no knowledge-base intensity cut, bf16 encoder
 autocast. Slice embeddings are
 cached in memory across the variants that share a preprocessing.
 
@@ -60,6 +60,9 @@ VARIANTS: list[tuple[str, OptionsFor, dict[str, tuple[float, float]]]] = [
     ("lesions: every component kept", _lesions_only({"largest_component": False}), {}),
     ("lesions: margin 5 pixels", _lesions_only({"margin": 5}), {}),
     ("lesions: margin 1 pixel", _lesions_only({"margin": 1}), {}),
+    ("lesions: the follow box alone (the default before the box rectangle)", _lesions_only({"box_rect": "off"}), {}),
+    ("lesions: box rectangle only to rescue a stopping chain", _lesions_only({"box_rect": "rescue"}), {}),
+    ("organs too: box rectangle, the more confident", lambda target, preset: replace(preset, box_rect="confident"), {}),
     ("bone window L300/W1400", lambda target, preset: preset, {"bone": (300.0, 1400.0)}),
 ]
 
