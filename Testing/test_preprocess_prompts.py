@@ -144,6 +144,7 @@ def test_intensity_cut_removes_only_voxels_far_outside_the_expected_range():
 
 def test_a_chain_keeps_the_first_mask_no_stop_rule_ends():
     from MedSegAdaptLib.inference.propagation import (
+        PropagationOptions,
         first_passing,
         mask_vanished,
         predicted_iou_below,
@@ -164,3 +165,5 @@ def test_a_chain_keeps_the_first_mask_no_stop_rule_ends():
     kept, reason = first_passing(3, masks, np.array([0.5, 0.4]), [predicted_iou_below(0.7)], confident_first=True)
     assert kept == 0 and reason == "predicted IoU 0.50 < 0.7 at slice 3"
     assert first_passing(3, masks[:1], np.array([0.5]), rules, confident_first=True) == (0, "mask vanished at slice 3")
+    with pytest.raises(InputError, match="box_rect 'always' is not one of off, rescue, confident"):
+        PropagationOptions(box_rect="always")

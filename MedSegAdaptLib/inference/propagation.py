@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the prior modules import torchvision: only a backbone with 
     from MedSegAdaptLib.priors.modules import AttributeTokens
 
 __all__ = [
+    "BOX_RECT_MODES",
     "LESION_OPTIONS",
     "ChainStep",
     "PropagationChain",
@@ -53,6 +54,10 @@ __all__ = [
     "predicted_iou_below",
     "prompt_rect",
 ]
+
+
+BOX_RECT_MODES = ("off", "rescue", "confident")
+"""PropagationOptions.box_rect: when the 3D box's rectangle is tried on each slice (see its docstring)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,10 @@ class PropagationOptions:
     flood_tolerance: float = 0.07
     min_contrast: float = 0.0
     box_rect: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.box_rect not in BOX_RECT_MODES:
+            raise InputError(f"box_rect {self.box_rect!r} is not one of {', '.join(BOX_RECT_MODES)}")
 
 
 LESION_OPTIONS = PropagationOptions(min_contrast=0.25, largest_component=True, box_rect="confident")
