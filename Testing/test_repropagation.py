@@ -1,12 +1,17 @@
-"""Anchored re-propagation from annotated slices against shape-based interpolation (real weights on CTChest4)."""
+"""Anchored re-propagation from annotated slices against shape-based interpolation (real weights on CTChest4
+and the brain1 clinical case)."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from MedSegAdaptLib.core.axes import take_slices
 from MedSegAdaptLib.evaluation.metrics import dice
+from MedSegAdaptLib.harness.real_cases import reference_prompt
 from MedSegAdaptLib.inference.interpolation import interpolate_between_slices
+from MedSegAdaptLib.inference.propagation import LESION_OPTIONS
 
 # The issue's anchors; Dice on the other slices measured 2026-12-02 (docs/segmentation.md,
 # `python benchmarks/evaluate_repropagation.py`): interpolation 0.525 / 0.697, combined 0.667 / 0.951.
@@ -41,6 +46,24 @@ def test_repropagation_keeps_the_anchors_and_beats_interpolation(segmenter, ctch
         assert np.array_equal(outcome.mask[:, :, index], reference[:, :, index]), "an annotated slice was changed"
     interpolated = interpolate_between_slices(anchors, reference.shape, 2)
     assert _other_slices_dice(outcome.mask, reference, slices) > _other_slices_dice(interpolated, reference, slices)
+
+
+@pytest.mark.slow
+def test_repropagation_inside_a_lesion_box_takes_the_box_rectangle(clinical, segmenter):
+    # brain1 grows faster over its 6.5 mm slices than a box following the previous mask; inside its 3D box,
+    # measured 2026-12-04 (`python benchmarks/evaluate_repropagation.py --box`): combined 0.806 with the
+    # lesion preset's rectangle, 0.649 with the follow box alone
+    case, volume, reference = clinical["brain1"]
+    slices = (12, 14, 16)
+    anchors = dict(zip(slices, take_slices(reference, 2, list(slices))))
+    box, _ = reference_prompt(reference, "box")
+    with_rect = segmenter.repropagate(volume, case.structure, anchors, box, modality=case.modality)
+    follow_only = segmenter.repropagate(volume, case.structure, anchors, box, modality=case.modality,
+                                        options=replace(LESION_OPTIONS, box_rect="off"))
+    assert with_rect.options.box_rect == "confident"
+    assert _other_slices_dice(with_rect.mask, reference, slices) >= 0.78
+    assert _other_slices_dice(with_rect.mask, reference, slices) > _other_slices_dice(follow_only.mask, reference,
+                                                                                      slices) + 0.1
 
 
 @pytest.mark.slow

@@ -11,6 +11,9 @@ Targets with fewer than 5 reference slices are skipped (no slice would be left t
 with the anchors as the annotated slices, FINE_TUNE_EPOCHS epochs, the training seconds in brackets),
 segmenting from the reference box, and that fine-tuned model then re-propagating from the anchors
 (combined).
+--box gives every re-propagation the reference's 3D box (its extent + REFERENCE_BOX_MARGIN voxels), as a
+user who drew one would: it bounds the prompts and the slices, and under the lesion preset its rectangle is
+a second prompt on every slice (PropagationOptions.box_rect).
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="*", help="target names (default: all)")
     parser.add_argument("--fine-tuned", action="store_true", help="add the decoder fine-tuned on the anchors")
+    parser.add_argument("--box", action="store_true", help="re-propagate inside the reference's 3D box")
     args = parser.parse_args()
     segmenter = Segmenter(load_backbone(for_inference=True))
     columns = [f"{m} Dice (s)" for m in REPROPAGATION_MODES]
@@ -81,21 +85,23 @@ def main() -> None:
             continue
         anchors = dict(zip(slices, take_slices(target.reference, DEFAULT_AXIS, list(slices))))
         keep = np.setdiff1d(np.arange(target.reference.shape[DEFAULT_AXIS]), slices)
+        box, _ = reference_prompt(target.reference, "box")
+        bounds = box if args.box else None
         scores, seconds = [], []
         for mode in REPROPAGATION_MODES:
             started = time.perf_counter()
-            outcome = segmenter.repropagate(target.volume, target.structure, anchors, modality=target.modality, mode=mode)
+            outcome = segmenter.repropagate(target.volume, target.structure, anchors, bounds, modality=target.modality,
+                                           mode=mode)
             seconds.append(time.perf_counter() - started)
             scores.append(dice(outcome.mask[:, :, keep], target.reference[:, :, keep]))
         if args.fine_tuned:
             with tempfile.TemporaryDirectory() as folder:
                 tuned, training = fine_tuned_segmenter(segmenter, target, slices, Path(folder))
-                box, _ = reference_prompt(target.reference, "box")
                 mask = tuned.segment(target.volume, target.structure, box, modality=target.modality).mask
                 scores.append(dice(mask[:, :, keep], target.reference[:, :, keep]))
                 seconds.append(training)
                 started = time.perf_counter()
-                mask = tuned.repropagate(target.volume, target.structure, anchors, modality=target.modality).mask
+                mask = tuned.repropagate(target.volume, target.structure, anchors, bounds, modality=target.modality).mask
                 seconds.append(time.perf_counter() - started)
                 scores.append(dice(mask[:, :, keep], target.reference[:, :, keep]))
         print(f"| {target.name} | {', '.join(map(str, slices))} | "

@@ -40,8 +40,10 @@ def propagate_from_anchors(propagator: VolumePropagator, anchors: Mapping[int, n
                            progress: ProgressCallback | None = None) -> PropagationResult:
     """Segment a volume from annotated slices: anchors maps slice index -> (H, W) bool mask as drawn.
 
-    box: bounds prompts and the slice range (None: the whole volume). Past the outermost anchors chains go
-    at most the mean anchor spacing further. The result keeps every anchor exactly as drawn.
+    box: bounds prompts and the slice range (None: the whole volume); its rectangle is also a second prompt
+    on every slice where the options ask for it (PropagationOptions.box_rect), as in VolumePropagator.run.
+    Past the outermost anchors chains go at most the mean anchor spacing further. The result keeps every
+    anchor exactly as drawn.
     """
     axis, shape = propagator.axis, propagator.shape
     if not anchors:
@@ -54,10 +56,11 @@ def propagate_from_anchors(propagator: VolumePropagator, anchors: Mapping[int, n
     if box is not None:
         box.validate(shape)
         low, high = box.slice_range(axis)
-        bounds = box.rect(axis)
+        bounds = box_rect = box.rect(axis)
     else:
         low, high = 0, count - 1
         bounds = np.array([0, 0, propagator.width - 1, propagator.height - 1], np.float32)
+        box_rect = None
     if len(order) > 1:
         reach = int(np.ceil(np.mean(np.diff(order))))
         low, high = max(low, order[0] - reach), min(high, order[-1] + reach)
@@ -75,7 +78,8 @@ def propagate_from_anchors(propagator: VolumePropagator, anchors: Mapping[int, n
         def may_enter(index: int) -> str | None:
             return None if first <= index <= last else f"reached slice {index}"
 
-        run = PropagationChain(propagator, seed, mask, step, bounds, may_enter, propagator.stop_rules(seed, mask))
+        run = PropagationChain(propagator, seed, mask, step, bounds, may_enter, propagator.stop_rules(seed, mask),
+                               box_rect=box_rect)
         for decoded in run:
             result.slice_iou[decoded.index] = decoded.iou
             if decoded.stop is None:

@@ -234,8 +234,8 @@ class PropagationChain:
 
     Each next slice is prompted by next_prompt_rect of the previous mask (points on that slice, if any,
     go with the box) and, when `box_rect` is given and options.box_rect is not 'off', also by that
-    rectangle (first_passing picks the mask). Before a slice is decoded, `may_enter(index)` may refuse it (end of range, an
-    annotated slice, ...); after, the first of `stop_rules` that fires ends the chain there. Iterating
+    rectangle (first_passing picks the mask; a follow box equal to it is decoded once). Before a slice is
+    decoded, `may_enter(index)` may refuse it (end of range, an annotated slice, ...); after, the first of `stop_rules` that fires ends the chain there. Iterating
     yields every decoded slice, the one that stopped the chain last (with its `stop`);
     `stopped_because` then says why the chain ended.
     """
@@ -260,7 +260,8 @@ class PropagationChain:
                 return
             encoder.ensure([i for i in range(index, index + step * encoder.batch_size, step) if self.may_enter(i) is None])
             rect = next_prompt_rect(previous, self.propagator.options.margin, self.bounds)
-            rects = rect[None] if self.box_rect is None else np.stack([rect, self.box_rect])
+            same = self.box_rect is None or np.array_equal(rect, self.box_rect)  # the follow box fills the 3D box
+            rects = rect[None] if same else np.stack([rect, self.box_rect])
             logits, iou = self.propagator.predict_logits(index, rects, self.points_on.get(index, []))
             masks, scores = (logits > 0).numpy(), iou.float().cpu().numpy()
             best, stop = first_passing(index, masks, scores, self.stop_rules,
