@@ -235,9 +235,9 @@ class PropagationChain:
     Each next slice is prompted by next_prompt_rect of the previous mask (points on that slice, if any,
     go with the box) and, when `box_rect` is given and options.box_rect is not 'off', also by that
     rectangle (first_passing picks the mask; a follow box equal to it is decoded once). Before a slice is
-    decoded, `may_enter(index)` may refuse it (end of range, an annotated slice, ...); after, the first of `stop_rules` that fires ends the chain there. Iterating
-    yields every decoded slice, the one that stopped the chain last (with its `stop`);
-    `stopped_because` then says why the chain ended.
+    decoded, `may_enter(index)` may refuse it (end of range, an annotated slice, ...); after, the first of
+    `stop_rules` that fires ends the chain there. Iterating yields every decoded slice, the one that
+    stopped the chain last (with its `stop`); `stopped_because` then says why the chain ended.
     """
 
     def __init__(self, propagator: VolumePropagator, seed_index: int, seed_mask: np.ndarray, step: int,
