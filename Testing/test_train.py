@@ -21,6 +21,7 @@ from MedSegAdaptLib.training import FineTuneOptions, FineTuner, SliceDataset, fi
 from MedSegAdaptLib.training.dataset import TrainingSlice
 from MedSegAdaptLib.training.trainer import (
     batch_loss,
+    beside_structure,
     epoch_order,
     prompt_boxes,
     slice_logits,
@@ -139,6 +140,45 @@ def test_extent_boxes_cover_the_labels_annotated_slices_and_prompt_their_share(t
         FineTuneOptions(extent_box_share=1.5)
     with pytest.raises(InputError, match="add up to 1.2"):
         FineTuneOptions(extent_box_share=0.6, neighbour_box_share=0.6)
+
+
+def test_a_box_beside_the_structure_holds_none_of_it_and_keeps_its_size():
+    mask = np.zeros((60, 80), bool)
+    mask[25:35, 30:45] = True
+    item = TrainingSlice("c", "brain tumour", 2, 0, "key", mask, mask_rect(mask), extent_rect=mask_rect(mask),
+                         neighbour_rects=(mask_rect(mask),))
+    grow = 4
+    drawn = [beside_structure(item, grow, np.random.default_rng(seed)) for seed in range(30)]
+    assert all(d is not None and not d.mask.any() and d.extent_rect is None and d.neighbour_rects == () for d in drawn)
+    for d in drawn:
+        x0, y0, x1, y1 = (int(v) for v in d.rect)
+        assert (x1 - x0, y1 - y0) == (44 - 30, 34 - 25)  # the prompt keeps the structure's size
+        assert x0 - grow >= 0 and y0 - grow >= 0 and x1 + grow < 80 and y1 + grow < 60
+        assert not mask[y0 - grow:y1 + grow + 1, x0 - grow:x1 + grow + 1].any()  # even jittered, no foreground
+    assert len({tuple(d.rect.tolist()) for d in drawn}) > 2  # several of the free neighbouring positions
+    wide = np.zeros((60, 80), bool)
+    wide[10:50, 20:60] = True  # no room for a box of its size beside it
+    assert beside_structure(TrainingSlice("c", "s", 2, 0, "key", wide, mask_rect(wide)), grow,
+                            np.random.default_rng(0)) is None
+
+
+def test_lesion_background_share_prompts_only_lesions_beside_them(tmp_path, ctchest4):
+    volume, _ = ctchest4
+    spot = np.zeros(volume.array.shape, bool)
+    spot[100:115, 110:130, SLICES] = True  # small, with room beside it
+    options = dataclasses.replace(TINY, lesion_background_share=0.5, min_steps_per_epoch=20)
+    negatives = {}
+    for name in ("left lung", "lung tumour"):  # an organ, a lesion (the same mask for both)
+        with _store(tmp_path / name.replace(" ", "-"), volume, spot, structure=name) as store:
+            tuner = FineTuner(store, tmp_path / "unused.pt", options=options)
+        for item in tuner.dataset.slices:
+            item.scale = 1.0  # set by encoding, which batches do not need
+        items = [item for batch, _ in tuner._batches(0) for item in batch]
+        negatives[name] = np.mean([not item.mask.any() for item in items])
+    assert negatives["left lung"] == 0
+    assert 0.2 < negatives["lung tumour"] < 0.8
+    with pytest.raises(InputError, match="lesion background share"):
+        FineTuneOptions(lesion_background_share=1.0)
 
 
 def test_a_negative_slice_is_scored_by_cross_entropy_alone():
@@ -287,8 +327,8 @@ def test_finetune_parser():
         ("STORE", "ft.pt", "cpu", 3, "old.pt", 5e-5)
     assert args.func.__name__ == "run_finetune"
     shares = parser.parse_args(["finetune", "STORE", "-o", "ft.pt", "--extent-box-share", "0.25",
-                                "--neighbour-box-share", "0.5"])
-    assert (shares.extent_box_share, shares.neighbour_box_share) == (0.25, 0.5)
+                                "--neighbour-box-share", "0.5", "--lesion-background-share", "0.1"])
+    assert (shares.extent_box_share, shares.neighbour_box_share, shares.lesion_background_share) == (0.25, 0.5, 0.1)
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "STORE"])  # -o is required
 

@@ -24,7 +24,8 @@ source scanner). The vanilla pretrained model is scored once per target. Each ru
 runs.jsonl as it finishes; --summarize prints the tables (mean +- sd over seeds, gain = adapt - finetune).
 
     python benchmarks/evaluate_adaptation.py [--targets "CTChest4 left lung;lung1"] [--seeds 0,1,2]
-        [--count 6] [--variants "exact:0.5"] [--output-dir out/adaptation]
+        [--count 6] [--variants "exact:0.5"] [--finetune-options '{"lesion_background_share": 0.2}']
+        [--output-dir out/adaptation]
     python benchmarks/evaluate_adaptation.py --summarize out/adaptation/run-*/runs.jsonl
 """
 from __future__ import annotations
@@ -87,8 +88,10 @@ def parse_variant(text: str) -> tuple[str, float | None]:
 
 
 def run_target(target: RealTarget, seeds: list[int], variants: list[str], count: int, folder: Path,
-               log: Path, cache: EmbeddingCache, pretrained: Segmenter) -> None:
-    """Every seed and variant of one target, appended to `log` as each finishes."""
+               log: Path, cache: EmbeddingCache, pretrained: Segmenter, training: dict | None = None) -> None:
+    """Every seed and variant of one target, appended to `log` as each finishes; training: FineTuneOptions
+    fields that differ from the `finetune` defaults, for both models (recorded with every row)."""
+    training = training or {}
     name = ENVIRONMENTS[target.modality]
     chosen = environment(name)
     corrected = corrected_slices(target.reference)
@@ -102,14 +105,15 @@ def run_target(target: RealTarget, seeds: list[int], variants: list[str], count:
                                                  target.reference, corrected)}
 
     def append(row: dict) -> None:
-        row = {"target": target.name, "environment": name, "corrected": corrected, **row}
+        row = {"target": target.name, "environment": name, "corrected": corrected, "finetune options": training,
+               **row}
         print(json.dumps(row), flush=True)
         with open(log, "a") as handle:
             handle.write(json.dumps(row) + "\n")
 
     append({"model": "vanilla", "seed": None, **both(pretrained)})
     for seed in seeds:
-        options = FineTuneOptions(seed=seed)
+        options = FineTuneOptions(**{**training, "seed": seed})
         run = folder / f"{target.name}-{seed}".replace(" ", "_")
         started = time.perf_counter()
         with corrections_store(run / "finetune", target, corrected) as store:
@@ -127,8 +131,8 @@ def run_target(target: RealTarget, seeds: list[int], variants: list[str], count:
                                              seed=seed, labels=labels)
                 generated_seconds = time.perf_counter() - started
                 checkpoint = run / f"adapt-{labels}-{share}.pt"
-                result = fine_tune(store, checkpoint, options=FineTuneOptions(seed=seed, synthetic_share=share),
-                                   cache=cache)
+                adapt_options = FineTuneOptions(**{**training, "seed": seed, "synthetic_share": share})
+                result = fine_tune(store, checkpoint, options=adapt_options, cache=cache)
             adapted = Segmenter(load_backbone(checkpoint=checkpoint, for_inference=True), cache)
             append({"model": f"adapt {variant}", "seed": seed, "count": count,
                     "generate seconds": generated_seconds, "seconds": time.perf_counter() - started,
@@ -191,6 +195,9 @@ def main() -> None:
     parser.add_argument("--variants", default="exact:0.5",
                         help="';'-separated LABELS:SHARE adapt variants (labels exact, exact+pseudo or pseudo; share "
                              "a number or proportional)")
+    parser.add_argument("--finetune-options", type=json.loads, default={},
+                        help="FineTuneOptions fields as JSON for both finetune and adapt, e.g. "
+                             "'{\"lesion_background_share\": 0.2}'")
     parser.add_argument("--output-dir", type=Path, default=Path("out/adaptation"))
     parser.add_argument("--summarize", type=Path, nargs="+", default=None, help="runs.jsonl files to tabulate")
     args = parser.parse_args()
@@ -205,7 +212,7 @@ def main() -> None:
     pretrained = Segmenter(load_backbone(for_inference=True), cache)
     for name in wanted:
         run_target(slab(targets[name]), [int(s) for s in args.seeds.split(",")], args.variants.split(";"), args.count,
-                   run_dir, run_dir / "runs.jsonl", cache, pretrained)
+                   run_dir, run_dir / "runs.jsonl", cache, pretrained, args.finetune_options)
     summarize_runs([run_dir / "runs.jsonl"])
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -335,7 +336,7 @@ def main() -> None:
             raise SystemExit(f"unknown target(s) {unknown}; expected some of {', '.join(known)}")
         targets = [known[w] for w in wanted]
     training = {**args.finetune_options, **({} if args.epochs is None else {"epochs": args.epochs})}
-    run_dir = args.output_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = args.output_dir / f"{time.strftime('run-%Y%m%d-%H%M%S')}-{os.getpid()}"  # parallel runs never share one
     run_dir.mkdir(parents=True)
     backbone = load_backbone(for_inference=True)
 

@@ -92,6 +92,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neighbour-box-share", type=float, default=defaults.neighbour_box_share,
                         help="share of training prompts that are an annotated neighbouring slice's mask box, as "
                              "propagation prompts the next slice (default: %(default)s)")
+    parser.add_argument("--lesion-background-share", type=float, default=defaults.lesion_background_share,
+                        help="share of a lesion's training slices prompted with a box beside the lesion, target "
+                             "empty, so that chains stop past its end (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
 
 
@@ -136,7 +139,8 @@ def fine_tune_from_args(args: argparse.Namespace, store, device: torch.device | 
                               prompt=args.prompt, semi_supervised=args.semi_supervised,
                               confidence_percentile=args.confidence_percentile,
                               distance_percentile=args.distance_percentile, synthetic_share=args.synthetic_share,
-                              extent_box_share=args.extent_box_share, neighbour_box_share=args.neighbour_box_share)
+                              extent_box_share=args.extent_box_share, neighbour_box_share=args.neighbour_box_share,
+                              lesion_background_share=args.lesion_background_share)
     device = resolve_device(args.device) if device is None else device
     main = world().main
     progress = TerminalProgress() if main else None

@@ -41,7 +41,10 @@ class FineTuneOptions:
     share of each epoch's slices drawn from synthetic ones; an epoch is then one pass over the real
     slices plus that many synthetic draws, and only real slices are held out for validation. None:
     every slice once per epoch, in proportion (synthetic slices then outnumber a few corrections by
-    hundreds to one, see docs/environments.md)."""
+    hundreds to one, see docs/environments.md).
+    lesion_background_share: the share of a lesion's training slices prompted instead with their box moved
+    beside the lesion onto tissue without it, target empty (cross-entropy only), so that the decoder
+    keeps answering "nothing here" past a lesion's end (see trainer.beside_structure)."""
 
     epochs: int = 10
     batch_size: int = 2
@@ -66,6 +69,7 @@ class FineTuneOptions:
     confidence_percentile: float = 50.0
     distance_percentile: float = 50.0
     synthetic_share: float | None = 0.5
+    lesion_background_share: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priors", tuple(self.priors))
@@ -94,6 +98,8 @@ class FineTuneOptions:
                 raise InputError(f"{name.replace('_', ' ')} must be in [0, 100], got {getattr(self, name)}")
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
             raise InputError(f"synthetic share must be in (0, 1), got {self.synthetic_share}")
+        if not 0 <= self.lesion_background_share < 1:
+            raise InputError(f"lesion background share must be in [0, 1), got {self.lesion_background_share}")
         if not 0 < self.validation_fraction < 1:
             raise InputError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
 

@@ -7,6 +7,9 @@ default only the mask decoder learns; the prompt encoder can be unfrozen.
 Each sample is an annotated slice prompted with its mask's bounding box grown by the propagation
 margin (PropagationOptions.margin, 3 pixels) and jittered by up to `box_jitter` pixels per side, as
 volumetric inference prompts each slice with the previous slice's mask box plus that margin.
+With `lesion_background_share` (off by default), that share of a lesion's slices is prompted instead
+with its box moved beside the lesion, target empty (beside_structure): the box propagation carries
+past a lesion's end, where the answer is nothing (docs/store-and-loop.md, "Boxes beside a lesion").
 Flips are left out on purpose: the embedding of a flipped image is not the flipped embedding (the
 encoder is not flip-equivariant), so flipping cached embeddings would teach the decoder on
 features it never sees; a flip augmentation needs the image re-encoded, which the frozen-encoder
@@ -64,6 +67,7 @@ from MedSegAdaptLib.inference.embedding_cache import EmbeddingCache
 from MedSegAdaptLib.inference.preprocess import logits_to_slice
 from MedSegAdaptLib.inference.propagation import prompt_rect
 from MedSegAdaptLib.inference.report_guidance import PriorGuidance
+from MedSegAdaptLib.knowledge.knowledge_base import KnowledgeBase
 from MedSegAdaptLib.models import load_backbone
 from MedSegAdaptLib.models.backbone import SamBackbone
 from MedSegAdaptLib.models.checkpoint import (
@@ -153,6 +157,28 @@ def prompt_boxes(items: list[TrainingSlice], margin: int, jitter: int, rng: np.r
         height, width = item.mask.shape
         boxes.append(prompt_rect(rect, grow, np.array([0, 0, width - 1, height - 1], np.float32)) * item.scale)
     return torch.from_numpy(np.stack(boxes).astype(np.float32))
+
+
+def beside_structure(item: TrainingSlice, grow: int, rng: np.random.Generator) -> TrainingSlice | None:
+    """A negative copy of a positive slice: its prompt rect moved by its own size (+ 2 * grow + 1 pixels)
+    to one of the 8 neighbouring positions, drawn among those inside the slice whose rect grown by `grow`
+    holds no foreground, with an empty target (None when no position is free). It is the box
+    propagation carries past a lesion's end onto tissue beside it, where the answer is nothing."""
+    x0, y0, x1, y1 = (int(v) for v in item.rect)
+    height, width = item.mask.shape
+    step_x, step_y = x1 - x0 + 1 + 2 * grow + 1, y1 - y0 + 1 + 2 * grow + 1
+    free = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ax0, ay0, ax1, ay1 = x0 + dx * step_x, y0 + dy * step_y, x1 + dx * step_x, y1 + dy * step_y
+            if (dx, dy) == (0, 0) or ax0 - grow < 0 or ay0 - grow < 0 or ax1 + grow >= width or ay1 + grow >= height:
+                continue
+            if not item.mask[ay0 - grow:ay1 + grow + 1, ax0 - grow:ax1 + grow + 1].any():
+                free.append(np.array([ax0, ay0, ax1, ay1], item.rect.dtype))
+    if not free:
+        return None
+    return dataclasses.replace(item, mask=np.zeros_like(item.mask), rect=free[int(rng.integers(len(free)))],
+                               extent_rect=None, neighbour_rects=())
 
 
 def slice_logits(model: SamBackbone, embeddings: torch.Tensor, boxes: list[torch.Tensor | None],
@@ -298,6 +324,8 @@ class FineTuner:
         self.world = distributed.world()
         self.encoder_runtime = encoder_runtime
         self.dataset = SliceDataset(self.rows, self.base_sha256, cache, negatives=self.options.prompt != "box")
+        knowledge = KnowledgeBase.load()
+        self._lesions = {name for name in self.dataset.structures if knowledge.category_of(name) == "lesion"}
         self.train_index, self.val_index = split_validation([item.synthetic for item in self.dataset.slices], options)
 
     def _encode(self, progress: ProgressCallback | None) -> int:
@@ -391,12 +419,22 @@ class FineTuner:
             passes.append(epoch_order(self.train_index, synthetic, opts.synthetic_share, rng))
         order = np.concatenate(passes)
         batches = []
+        grow = opts.box_margin + opts.box_jitter
         for step in range(steps):
             items = [self.dataset.slices[i] for i in order[step * opts.batch_size:(step + 1) * opts.batch_size]]
+            if opts.lesion_background_share > 0:
+                items = [self._maybe_beside(item, grow, rng) for item in items]
             boxes = choose_prompts(prompt_boxes(items, opts.box_margin, opts.box_jitter, rng, opts.extent_box_share,
                                                 opts.neighbour_box_share).to(self.device), opts.prompt, rng)
             batches.append((items, boxes))
         return distributed.shard(batches)
+
+    def _maybe_beside(self, item: TrainingSlice, grow: int, rng: np.random.Generator) -> TrainingSlice:
+        """With probability options.lesion_background_share, a lesion's positive slice prompted beside the
+        lesion instead (beside_structure); otherwise the slice itself."""
+        if not item.mask.any() or item.structure not in self._lesions or rng.random() >= self.options.lesion_background_share:
+            return item
+        return beside_structure(item, grow, rng) or item
 
     def _train(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], state: _TrainingState,
                first: int, last: int, stage: str, progress: ProgressCallback | None,
